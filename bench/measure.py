@@ -1,0 +1,206 @@
+"""Timing logic: warm up, then time steps in windows until the throughput's confidence interval is
+tight enough. Pure Python with an injectable clock, so the stopping rule is tested with a fake
+clock, and torch-free, so the same code times CPU and CUDA steps (CUDA passes a ``sync``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+# How many raw per-step times a case keeps for its distribution plot. Percentiles are computed
+# from all steps before thinning; the cap keeps results files small for fast models.
+MAX_STEP_SAMPLES = 2000
+
+
+def median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    if n == 0:
+        return math.nan
+    mid = n // 2
+    return s[mid] if n % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    s = sorted(values)
+    if not s:
+        return math.nan
+    pos = (len(s) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics.
+
+    The number of samples below the true median is Binomial(n, 1/2), so the interval between the
+    k-th smallest and k-th largest sample covers the median with probability at least
+    ``confidence``. Unlike a t-interval of the mean it assumes no normality, which matters because
+    step times are skewed by stragglers (GC, other tenants of a shared machine)."""
+    from scipy.stats import binom
+
+    s = sorted(values)
+    n = len(s)
+    if n < 2:
+        return (math.nan, math.nan)
+    alpha = 1 - confidence
+    # Largest k with P(X < k) <= alpha/2, as a 1-based rank, at least 1.
+    k = int(binom.ppf(alpha / 2, n, 0.5))
+    while k > 0 and binom.cdf(k - 1, n, 0.5) > alpha / 2:
+        k -= 1
+    k = max(k, 1)
+    return (s[k - 1], s[n - k])
+
+
+def relative_half_width(values: Sequence[float]) -> float:
+    lo, hi = median_ci(values)
+    m = median(values)
+    if not (m > 0) or math.isnan(lo):
+        return math.inf
+    return (hi - lo) / 2 / m
+
+
+@dataclass
+class MeasureSettings:
+    warmup_steps: int
+    min_time: float
+    max_time: float
+    target_ci: float
+    window_time: float
+    min_windows: int
+
+
+@dataclass
+class Measurement:
+    """Raw windows of one measured case. Times in seconds on ``time.perf_counter``'s clock, which
+    is CLOCK_MONOTONIC on Linux and so shared with collector threads and other processes."""
+
+    batch_size: int
+    steps_per_window: int
+    window_start: list[float] = field(default_factory=list)
+    window_seconds: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    warmup_seconds: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def window_throughput(self) -> list[float]:
+        return [self.steps_per_window * self.batch_size / s for s in self.window_seconds]
+
+    @property
+    def measured_seconds(self) -> float:
+        return sum(self.window_seconds)
+
+    @property
+    def steps(self) -> int:
+        return self.steps_per_window * len(self.window_seconds)
+
+
+def measure(step: Callable[[], object], settings: MeasureSettings, batch_size: int,
+            sync: Callable[[], None] = lambda: None,
+            clock: Callable[[], float] = time.perf_counter,
+            step_times: bool = True) -> Measurement:
+    """Warm up, calibrate the window length, then time windows of steps.
+
+    ``sync`` is called only at window edges: on CUDA it waits for queued kernels, so a window's
+    wall time covers exactly its steps, while steps inside a window stay asynchronous as in real
+    training. ``step_times`` records a timestamp after every step; on the CPU each step is
+    synchronous so these are true step times, on CUDA they would only time kernel launches, so the
+    caller turns them off there (window means stand in for them)."""
+    # Warm-up: lazy initialisation, allocator growth, cuDNN autotuning and the first optimizer
+    # step (which creates its state) are not what steady-state training costs.
+    t_start = clock()
+    for _ in range(settings.warmup_steps):
+        step()
+    sync()
+    warm_end = clock()
+    # Calibrate from a few timed steps so that one window lasts about ``window_time``: long
+    # enough that clock resolution and the per-window sync are negligible, short enough to give
+    # many windows for the interval.
+    probe = 3
+    for _ in range(probe):
+        step()
+    sync()
+    per_step = max((clock() - warm_end) / probe, 1e-9)
+    k = max(1, round(settings.window_time / per_step))
+    result = Measurement(batch_size=batch_size, steps_per_window=k, warmup_seconds=warm_end - t_start)
+    stamps: list[float] = []
+    record = stamps.append
+    begin = clock()
+    while True:
+        sync()
+        t0 = clock()
+        if step_times:
+            prev = t0
+            for _ in range(k):
+                step()
+                record(clock())
+            for t in stamps:
+                result.step_seconds.append(t - prev)
+                prev = t
+            stamps.clear()
+        else:
+            for _ in range(k):
+                step()
+        sync()
+        t1 = clock()
+        result.window_start.append(t0)
+        result.window_seconds.append(t1 - t0)
+        elapsed = t1 - begin
+        if elapsed >= settings.max_time:
+            width = relative_half_width(result.window_throughput)
+            met = width <= settings.target_ci and len(result.window_seconds) >= settings.min_windows
+            result.stop_reason = "target_ci" if met else "max_time"
+            break
+        if (elapsed >= settings.min_time and len(result.window_seconds) >= settings.min_windows
+                and relative_half_width(result.window_throughput) <= settings.target_ci):
+            result.stop_reason = "target_ci"
+            break
+    return result
+
+
+def thin(values: Sequence[float], limit: int = MAX_STEP_SAMPLES) -> list[float]:
+    """Evenly spaced subsample (keeps order and the time structure of the series)."""
+    n = len(values)
+    if n <= limit:
+        return list(values)
+    return [values[int(i * n / limit)] for i in range(limit)]
+
+
+def summarize(m: Measurement, target_ci: float) -> dict[str, object]:
+    """The ``metrics`` block of a case from its raw windows."""
+    thr = m.window_throughput
+    lo, hi = median_ci(thr)
+    med = median(thr)
+    steps_ms = [s * 1000 for s in m.step_seconds] or [s * 1000 / m.steps_per_window for s in m.window_seconds]
+    half = relative_half_width(thr)
+    return {
+        "throughput": {
+            "median": med,
+            "mean": sum(thr) / len(thr),
+            "ci95": [lo, hi],
+            "ci_rel_half_width": None if math.isinf(half) else half,
+            "ci_target": target_ci,
+            "ci_target_met": half <= target_ci,
+            "unit": "samples/s",
+        },
+        "step_time_ms": {
+            "p50": percentile(steps_ms, 50),
+            "p95": percentile(steps_ms, 95),
+            "p99": percentile(steps_ms, 99),
+            "mean": sum(steps_ms) / len(steps_ms),
+            "min": min(steps_ms),
+            "max": max(steps_ms),
+            "source": "per_step" if m.step_seconds else "window_mean",
+        },
+        "windows": len(m.window_seconds),
+        "steps": m.steps,
+        "steps_per_window": m.steps_per_window,
+        "measured_s": m.measured_seconds,
+        "warmup_s": m.warmup_seconds,
+        "stop_reason": m.stop_reason,
+    }

@@ -1,0 +1,598 @@
+"""Load a YAML suite, validate it once, and expand its matrix into cases.
+
+The format follows GitHub Actions' matrix: ``defaults`` apply to every case, list-valued ``matrix``
+axes expand as a Cartesian product, ``exclude`` removes combinations that match it, and each
+``include`` entry extends every original combination it fits without overwriting an axis value, or
+else becomes a case of its own. Every error a user can cause is a ``SuiteError`` naming the file
+and the key path. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
+from bench.errors import SuiteError
+from bench.models import MODELS, TORCHVISION_PREFIX, TORCHVISION_INPUT, check_import_path, torchvision_names
+from bench.registry import Registry
+
+MAX_CASES = 100_000
+MAX_SUITE_BYTES = 1_000_000
+
+
+def _in(registry: Registry[Any]) -> Any:
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(registry.unknown_message(name))
+        return name
+
+    return AfterValidator(check)
+
+
+def _named(value: Any) -> Any:
+    """Accept ``"sgd"`` as shorthand for ``{name: "sgd"}``; fold inline options into ``kwargs``."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, Mapping) and "name" in value:
+        fixed = {"name", "import", "kwargs", "input_shape", "num_classes"}
+        inline = {k: v for k, v in value.items() if k not in fixed}
+        if inline:
+            out = {k: v for k, v in value.items() if k in fixed}
+            out["kwargs"] = {**dict(value.get("kwargs") or {}), **inline}
+            return out
+    return value
+
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(BaseModel):
+    """A built-in model by name, a torchvision constructor (``torchvision:resnet18``), or a user's
+    factory by import path (``{import: "pkg.module:factory", input_shape: [3, 32, 32]}``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str | None = None
+    import_path: str | None = Field(None, alias="import", description="'pkg.module:factory' returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model")
+    input_shape: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
+        None, min_length=1, description="shape of one sample, without the batch dimension")
+    num_classes: int = Field(10, gt=0, description="size of the output layer")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if (self.name is None) == (self.import_path is None):
+            raise ValueError("give exactly one of 'name' or 'import'")
+        if self.import_path is not None:
+            check_import_path(self.import_path)
+            if self.input_shape is None:
+                raise ValueError("a model given by 'import' needs 'input_shape'")
+        elif self.name is not None and self.name.startswith(TORCHVISION_PREFIX):
+            tv = self.name[len(TORCHVISION_PREFIX):]
+            names = torchvision_names()
+            if tv not in names:
+                raise ValueError(f"unknown torchvision model {tv!r} (choose from: {', '.join(names)})")
+        else:
+            builtin = MODELS.get(self.name or "")
+            extra = sorted(set(self.kwargs) - builtin.kwargs)
+            if extra:
+                choices = ", ".join(sorted(builtin.kwargs)) or "none"
+                raise ValueError(f"unknown option {extra[0]!r} for model {self.name!r} (choose from: {choices})")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.input_shape is not None:
+            return self.input_shape
+        if self.name is not None and self.name.startswith(TORCHVISION_PREFIX):
+            return TORCHVISION_INPUT
+        return MODELS.get(self.name or "").input_shape
+
+    @property
+    def label(self) -> str:
+        if self.import_path is not None:
+            return self.import_path.partition(":")[2]
+        assert self.name is not None
+        return self.name.removeprefix(TORCHVISION_PREFIX)
+
+
+class _Named(BaseModel):
+    model_config = _STRICT
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(_Named):
+    """An optimizer by name with its keyword arguments (``{name: sgd, momentum: 0.9}``)."""
+
+    name: Annotated[str, _in(OPTIMIZERS)]
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        allowed = OPTIMIZERS.get(self.name).kwargs
+        for key in self.kwargs:
+            if key not in allowed:
+                raise ValueError(f"unknown option {key!r} for optimizer {self.name!r} "
+                                 f"(choose from: {', '.join(sorted(allowed))})")
+            if key == "lr":
+                raise ValueError("set the learning rate with the case parameter 'lr'")
+        return self
+
+    @property
+    def label(self) -> str:
+        abbrev = dict(OPTIMIZERS.get(self.name).abbrev)
+        parts = [self.name] + [abbrev.get(k, k) + _fmt(v) for k, v in sorted(self.kwargs.items())]
+        return "_".join(parts)
+
+
+class TransformConfig(_Named):
+    name: Annotated[str, _in(TRANSFORMS)]
+
+
+class DataConfig(BaseModel):
+    """``synthetic``: tensors made once on the device (compute alone). ``loader``: a DataLoader over
+    torchvision's FakeData with transforms, so the input pipeline's cost is measured too."""
+
+    model_config = _STRICT
+    name: Literal["synthetic", "loader"]
+    size: int = Field(1024, gt=0, description="loader: samples in the FakeData set")
+    transforms: tuple[Annotated[TransformConfig, BeforeValidator(_named)], ...] = ()
+    num_workers: int = Field(0, ge=0, le=64)
+    pin_memory: bool = False
+    persistent_workers: bool = True
+    prefetch_factor: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.name == "synthetic" and (self.transforms or self.num_workers):
+            raise ValueError("transforms and num_workers apply to data 'loader' only")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name == "synthetic":
+            return "syn"
+        parts = ["loader", f"w{self.num_workers}"] + [t.name for t in self.transforms]
+        if self.pin_memory:
+            parts.append("pin")
+        return "_".join(parts)
+
+
+class MeasureConfig(BaseModel):
+    """How long and how precisely to time a case."""
+
+    model_config = _STRICT
+    warmup_steps: int = Field(10, ge=0, le=1_000_000, description="untimed steps before measuring")
+    min_time: float = Field(1.0, gt=0, description="seconds measured at least")
+    max_time: float = Field(10.0, gt=0, description="seconds measured at most")
+    target_ci: float = Field(0.01, gt=0, lt=1, description="stop once the 95% CI half-width is this fraction of the median")
+    window_time: float = Field(0.1, gt=0, description="seconds per timing window (steps are timed in windows)")
+    min_windows: int = Field(10, ge=3, le=100_000, description="windows measured at least")
+
+    @model_validator(mode="after")
+    def _check(self) -> MeasureConfig:
+        if self.min_time > self.max_time:
+            raise ValueError(f"min_time ({self.min_time}) exceeds max_time ({self.max_time})")
+        return self
+
+
+Mode = Literal["cpu", "cuda"]
+
+
+class CaseParams(BaseModel):
+    """Every parameter of one case. Each may be a default, a matrix axis or part of an include."""
+
+    model_config = _STRICT
+
+    model: Annotated[ModelConfig, BeforeValidator(_named)]
+    optimizer: Annotated[OptimizerConfig, BeforeValidator(_named)] = OptimizerConfig(name="sgd")
+    activation: Annotated[str, _in(ACTIVATIONS)] = "relu"
+    loss: Annotated[str, _in(LOSSES)] = "cross_entropy"
+    data: DataConfig = DataConfig(name="synthetic")
+    mode: Mode = "cpu"
+    world_size: int = Field(1, ge=1, le=1024)
+    device: str | None = Field(None, pattern=r"^(cpu|cuda(:\d+)?)$")
+    batch_size: int = Field(64, gt=0, le=1_000_000)
+    lr: float = Field(0.01, gt=0, allow_inf_nan=False)
+    threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads; default: all cores")
+    seed: int = 0
+    measure: MeasureConfig = MeasureConfig()
+    timeout: float = Field(300.0, gt=0, allow_inf_nan=False, description="seconds a case may take in all")
+
+
+FIELD_ORDER = tuple(CaseParams.model_fields)
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(Annotated[f.annotation, f])  # type: ignore[name-defined]
+    for name, f in CaseParams.model_fields.items()
+}
+_REQUIRED = {name for name, f in CaseParams.model_fields.items() if f.is_required()}
+
+
+def check_case(params: CaseParams) -> None:
+    """Checks that involve several parameters; raises ValueError with 'key: message'."""
+    if params.measure.max_time >= params.timeout:
+        raise ValueError(f"timeout: {params.timeout:g} s leaves no time beyond measure.max_time "
+                         f"({params.measure.max_time:g} s)")
+    if params.mode == "cpu" and params.device not in (None, "cpu"):
+        raise ValueError(f"device: {params.device!r} does not fit mode 'cpu'")
+    if params.mode == "cuda" and params.device == "cpu":
+        raise ValueError("device: 'cpu' does not fit mode 'cuda'")
+    if params.world_size > 1 and params.mode in ("cpu", "cuda"):
+        raise ValueError(f"world_size: {params.world_size} needs a parallel mode, not {params.mode!r}")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    params: CaseParams
+
+    def params_json(self) -> dict[str, Any]:
+        return dump_params(self.params)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: str
+    cases: tuple[Case, ...]
+    source: dict[str, Any]
+
+    def select(self, pattern: str | None) -> Suite:
+        """Cases whose id matches a glob (``*sgd*``), or contains the text when it has no wildcard."""
+        if not pattern:
+            return self
+        glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+        chosen = tuple(c for c in self.cases if fnmatch.fnmatchcase(c.id, glob))
+        if not chosen:
+            raise SuiteError(self.path, "--only", f"no case id matches {pattern!r}")
+        return Suite(self.name, self.path, chosen, self.source)
+
+
+def dump_params(params: CaseParams) -> dict[str, Any]:
+    dumped: dict[str, Any] = params.model_dump(mode="json", by_alias=True)
+    return dumped
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading YAML safely
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that also rejects duplicate keys (YAML silently keeps the last one)."""
+
+
+def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}", key_node.start_mark) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
+
+
+def read_yaml(path: str | Path) -> Any:
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SuiteError(source, "", "no such file") from None
+    except IsADirectoryError:
+        raise SuiteError(source, "", "is a directory, not a suite file") from None
+    except OSError as exc:
+        raise SuiteError(source, "", f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_SUITE_BYTES:
+        raise SuiteError(source, "", f"file is {len(raw)} bytes; suites are limited to {MAX_SUITE_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(source, "", f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        raise SuiteError(source, where, f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise SuiteError(source, "", f"invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation with key paths
+
+
+def _loc(prefix: str, loc: Iterable[Any]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part).startswith(("function-", "union[")) or part in ("tagged-union",):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return msg
+
+
+def _validate_field(source: str, path: str, key: str, value: Any) -> Any:
+    adapter = _ADAPTERS.get(key)
+    if adapter is None:
+        raise SuiteError(source, path, f"unknown parameter {key!r} (choose from: {', '.join(FIELD_ORDER)})")
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SuiteError(source, _loc(path, err["loc"]), _message(err)) from None
+
+
+def _canonical(key: str, value: Any) -> str:
+    return json.dumps(_ADAPTERS[key].dump_python(value, mode="json", by_alias=True), sort_keys=True)
+
+
+def _mapping(source: str, path: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SuiteError(source, path, f"must be a mapping, not {_kind(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise SuiteError(source, path, f"keys must be strings, not {_kind(key)} {key!r}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+_TOP_KEYS = ("name", "description", "defaults", "matrix", "exclude", "include")
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
+    """Read, validate and expand a suite file. ``overrides`` are ``key=value`` strings
+    (``--set``) applied to every case; dotted keys reach into nested settings."""
+    source = str(path)
+    doc = read_yaml(path)
+    if doc is None:
+        raise SuiteError(source, "", "the file is empty")
+    top = _mapping(source, "", doc)
+    for key in top:
+        if key not in _TOP_KEYS:
+            raise SuiteError(source, key, f"unknown key (choose from: {', '.join(_TOP_KEYS)})")
+    name = top.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise SuiteError(source, "name", "required: a non-empty string naming the suite")
+    if "description" in top and not isinstance(top["description"], str):
+        raise SuiteError(source, "description", "must be a string")
+
+    defaults = {k: _validate_field(source, f"defaults.{k}", k, v)
+                for k, v in _mapping(source, "defaults", top.get("defaults") or {}).items()}
+
+    axes: dict[str, list[Any]] = {}
+    for key, values in _mapping(source, "matrix", top.get("matrix") or {}).items():
+        if not isinstance(values, list):
+            raise SuiteError(source, f"matrix.{key}", f"must be a list of values, not {_kind(values)}")
+        if not values:
+            raise SuiteError(source, f"matrix.{key}", "is an empty list")
+        axes[key] = [_validate_field(source, f"matrix.{key}[{i}]", key, v) for i, v in enumerate(values)]
+
+    def entries(section: str) -> list[dict[str, Any]]:
+        raw = top.get(section) or []
+        if not isinstance(raw, list):
+            raise SuiteError(source, section, f"must be a list of mappings, not {_kind(raw)}")
+        out = []
+        for i, entry in enumerate(raw):
+            entry = _mapping(source, f"{section}[{i}]", entry)
+            if not entry:
+                raise SuiteError(source, f"{section}[{i}]", "is empty")
+            out.append({k: _validate_field(source, f"{section}[{i}].{k}", k, v) for k, v in entry.items()})
+        return out
+
+    excludes = entries("exclude")
+    for i, entry in enumerate(excludes):
+        for key in entry:
+            if key not in axes:
+                raise SuiteError(source, f"exclude[{i}].{key}",
+                                 f"is not a matrix axis (axes: {', '.join(axes) or 'none'})")
+    includes = entries("include")
+    if not axes and not includes:
+        raise SuiteError(source, "matrix", "is empty: give at least one axis or an include entry")
+
+    total = math.prod(len(v) for v in axes.values()) if axes else 0
+    if total + len(includes) > MAX_CASES:
+        raise SuiteError(source, "matrix", f"expands to {total + len(includes)} cases (limit {MAX_CASES})")
+
+    combos = _expand(axes, excludes, includes)
+    sets = _parse_overrides(source, overrides)
+    cases = _build_cases(source, defaults, combos, sets)
+    return Suite(name=name, path=source, cases=tuple(cases), source=top)
+
+
+def _expand(axes: dict[str, list[Any]], excludes: list[dict[str, Any]],
+            includes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = list(axes)
+    canon_axes = [[_canonical(k, v) for v in axes[k]] for k in keys]
+    canon_excl = [{k: _canonical(k, v) for k, v in e.items()} for e in excludes]
+    combos: list[dict[str, Any]] = []
+    canon_combos: list[dict[str, str]] = []
+    if keys:
+        for idx in itertools.product(*(range(len(axes[k])) for k in keys)):
+            canon = {k: canon_axes[j][i] for j, (k, i) in enumerate(zip(keys, idx, strict=True))}
+            if any(all(canon[k] == v for k, v in e.items()) for e in canon_excl):
+                continue
+            combos.append({k: axes[k][i] for k, i in zip(keys, idx, strict=True)})
+            canon_combos.append(canon)
+    originals = len(combos)
+    for entry in includes:
+        canon_entry = {k: _canonical(k, v) for k, v in entry.items()}
+        fitted = False
+        for j in range(originals):
+            # An include fits when it agrees with every original axis value it names; it may then
+            # add keys (and overwrite keys that an earlier include added), never the axis values.
+            if all(canon_combos[j][k] == v for k, v in canon_entry.items() if k in axes):
+                fitted = True
+                combos[j].update({k: v for k, v in entry.items() if k not in axes})
+        if not fitted:
+            combos.append(dict(entry))
+    return combos
+
+
+def _parse_overrides(source: str, overrides: Sequence[str]) -> list[tuple[str, list[str], Any]]:
+    parsed = []
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        path = f"--set {key}"
+        if not sep or not key:
+            raise SuiteError(source, f"--set {text}", "expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            raise SuiteError(source, path, f"cannot parse value {raw!r}") from None
+        field, *rest = key.split(".")
+        if field not in _ADAPTERS:
+            raise SuiteError(source, path, f"unknown parameter {field!r} (choose from: {', '.join(FIELD_ORDER)})")
+        parsed.append((field, rest, value))
+    return parsed
+
+
+def _build_cases(source: str, defaults: dict[str, Any], combos: list[dict[str, Any]],
+                 sets: list[tuple[str, list[str], Any]]) -> list[Case]:
+    merged_list: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for combo in combos:
+        merged = {**defaults, **combo}
+        for field, rest, value in sets:
+            path = "--set " + ".".join([field, *rest])
+            if rest:
+                current = merged.get(field)
+                base = (_ADAPTERS[field].dump_python(current, mode="json", by_alias=True)
+                        if current is not None else {})
+                if not isinstance(base, dict):
+                    base = _named(base)
+                node = base = json.loads(json.dumps(base))
+                for part in rest[:-1]:
+                    node = node.setdefault(part, {})
+                node[rest[-1]] = value
+                merged[field] = _validate_field(source, path, field, base)
+            else:
+                merged[field] = _validate_field(source, path, field, value)
+        missing = _REQUIRED - set(merged)
+        if missing:
+            raise SuiteError(source, "defaults", f"'{sorted(missing)[0]}' is missing: set it in defaults, "
+                                                 "matrix or include")
+        # Fields were validated one by one above, so the cheap constructor is enough here; the
+        # defaults are filled in by pydantic's field defaults.
+        params = CaseParams.model_construct(**merged)
+        key = json.dumps(dump_params(params), sort_keys=True)
+        if key in seen:
+            continue  # an include that repeats an existing combination
+        seen.add(key)
+        merged_list.append(merged)
+        try:
+            check_case(params)
+        except ValueError as exc:
+            raise SuiteError(source, f"case {_partial_label(merged)}", str(exc)) from None
+    params_list = [CaseParams.model_construct(**m) for m in merged_list]
+    ids = case_ids(params_list)
+    return [Case(i, p) for i, p in zip(ids, params_list, strict=True)]
+
+
+def _partial_label(merged: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {_label(k, v)}" for k, v in merged.items()) + "}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Case ids
+
+_ID_PREFIX = {"world_size": "ws", "batch_size": "bs", "lr": "lr", "threads": "t", "seed": "seed",
+              "timeout": "to"}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "" if value else "0"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return "_".join(f"{k}{_fmt(v)}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def _label(key: str, value: Any) -> str:
+    label = getattr(value, "label", None)
+    if isinstance(label, str):
+        if key == "model" and value.kwargs:
+            label += "_" + _fmt(value.kwargs)
+        return label
+    if key in _ID_PREFIX:
+        return _ID_PREFIX[key] + _fmt(value)
+    if isinstance(value, BaseModel):
+        dumped = value.model_dump(mode="json", exclude_defaults=True)
+        return key + ("_" + _fmt(dumped) if dumped else "")
+    if value is None:
+        return f"{key}-none"
+    return _fmt(value)
+
+
+def _clean(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._,=+" else "_" for c in label)
+
+
+def case_ids(params_list: Sequence[CaseParams]) -> list[str]:
+    """Readable ids from the parameters that vary across the suite, in a fixed order; a suffix
+    keeps them unique where two labels happen to coincide."""
+    if not params_list:
+        return []
+    varying = [k for k in FIELD_ORDER
+               if len({_canonical(k, getattr(p, k)) for p in params_list}) > 1]
+    if not varying:
+        varying = ["model"]
+    ids: list[str] = []
+    used: dict[str, int] = {}
+    for p in params_list:
+        base = "-".join(_clean(_label(k, getattr(p, k))) for k in varying)
+        n = used.get(base, 0) + 1
+        used[base] = n
+        ids.append(base if n == 1 else f"{base}-{n}")
+    return ids

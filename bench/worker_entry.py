@@ -1,0 +1,20 @@
+"""Torch-free entry points of case processes. The parent names these as process targets, so it
+never imports torch itself; in the child, ``bench.worker`` is already imported by the forkserver's
+preload, so the import below costs nothing."""
+
+from __future__ import annotations
+
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def child_main(payload: dict[str, Any], conn: Connection, log_path: str | None) -> None:
+    from bench import worker
+
+    worker.child_main(payload, conn, log_path)
+
+
+def probe_main(conn: Connection) -> None:
+    from bench import worker
+
+    worker.probe_main(conn)
