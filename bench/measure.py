@@ -83,6 +83,9 @@ class Measurement:
     steps_per_window: int
     window_start: list[float] = field(default_factory=list)
     window_seconds: list[float] = field(default_factory=list)
+    # This process's own window times; differs from window_seconds only with several ranks,
+    # where window_seconds holds the slowest rank's time of each window.
+    local_window_seconds: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     warmup_seconds: float = 0.0
     stop_reason: str = ""
@@ -103,14 +106,20 @@ class Measurement:
 def measure(step: Callable[[], object], settings: MeasureSettings, batch_size: int,
             sync: Callable[[], None] = lambda: None,
             clock: Callable[[], float] = time.perf_counter,
-            step_times: bool = True) -> Measurement:
+            step_times: bool = True,
+            agree: Callable[[float], float] = lambda seconds: seconds) -> Measurement:
     """Warm up, calibrate the window length, then time windows of steps.
 
     ``sync`` is called only at window edges: on CUDA it waits for queued kernels, so a window's
     wall time covers exactly its steps, while steps inside a window stay asynchronous as in real
     training. ``step_times`` records a timestamp after every step; on the CPU each step is
     synchronous so these are true step times, on CUDA they would only time kernel launches, so the
-    caller turns them off there (window means stand in for them)."""
+    caller turns them off there (window means stand in for them).
+
+    ``agree`` turns a local duration into the one all ranks use (the maximum over ranks in DDP), at
+    window edges only. Every rank then sees the same window times, so all ranks pick the same
+    window length and make the same stopping decision without another message, and a window's
+    global throughput is all ranks' samples over the slowest rank's time."""
     # Warm-up: lazy initialisation, allocator growth, cuDNN autotuning and the first optimizer
     # step (which creates its state) are not what steady-state training costs.
     t_start = clock()
@@ -125,12 +134,12 @@ def measure(step: Callable[[], object], settings: MeasureSettings, batch_size: i
     for _ in range(probe):
         step()
     sync()
-    per_step = max((clock() - warm_end) / probe, 1e-9)
+    per_step = max(agree((clock() - warm_end) / probe), 1e-9)
     k = max(1, round(settings.window_time / per_step))
     result = Measurement(batch_size=batch_size, steps_per_window=k, warmup_seconds=warm_end - t_start)
     stamps: list[float] = []
     record = stamps.append
-    begin = clock()
+    elapsed = 0.0
     while True:
         sync()
         t0 = clock()
@@ -148,9 +157,12 @@ def measure(step: Callable[[], object], settings: MeasureSettings, batch_size: i
                 step()
         sync()
         t1 = clock()
+        seconds = agree(t1 - t0)
         result.window_start.append(t0)
-        result.window_seconds.append(t1 - t0)
-        elapsed = t1 - begin
+        result.window_seconds.append(seconds)
+        result.local_window_seconds.append(t1 - t0)
+        # Measured time, the same on every rank; the few microseconds between windows are left out.
+        elapsed += seconds
         if elapsed >= settings.max_time:
             width = relative_half_width(result.window_throughput)
             met = width <= settings.target_ci and len(result.window_seconds) >= settings.min_windows

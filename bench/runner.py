@@ -10,6 +10,7 @@ would import torch again (about 1.5 s here).
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import multiprocessing.connection
 import signal
 import time
@@ -21,7 +22,9 @@ from typing import Any, Protocol
 import psutil
 
 from bench import environment
+from bench.launch import Cluster, run_ddp_case, skip_reason
 from bench.results import ResultsWriter, now, prepare_output
+from bench.scaling import analyze
 from bench.suite import Case, Suite
 
 
@@ -166,26 +169,51 @@ def _case_record(case: Case, started: str, duration: float, result: dict[str, An
         "metrics": result.get("metrics"),
         "samples": result.get("samples"),
         "collectors": result.get("collectors") or {},
+        **({"ranks": result["ranks"]} if "ranks" in result else {}),
+        **({"backend": result["backend"]} if "backend" in result else {}),
     }
 
 
+def _run_one(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
+             env: dict[str, Any]) -> dict[str, Any]:
+    if case.params.mode != "ddp":
+        if cluster.multi_node:
+            return {"status": "skipped", "error": "multi-node run: only ddp cases run across nodes"}
+        return launcher.run_case(case, out_dir, log_path)
+    reason = skip_reason(case, cluster, cores=env.get("cores_available") or 1, gpus=len(env.get("gpus") or []))
+    if reason is not None:
+        return {"status": "skipped", "error": reason}
+    work_dir = out_dir / "ranks" / case.id if out_dir is not None else None
+    result = run_ddp_case(case, cluster, work_dir, log_path, out_dir)
+    if work_dir is not None and result.get("status") == "ok":
+        # The scratch folder only matters for a post-mortem: the record now holds everything.
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return result
+
+
 def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[str] | None = None,
-              only: str | None = None, observer: Observer | None = None,
+              only: str | None = None, observer: Observer | None = None, cluster: Cluster | None = None,
               after_case: Callable[[ResultsWriter], None] | None = None) -> RunOutcome:
     """Run every case of ``suite`` in isolation and write ``out_dir/results.json`` after each.
 
     Raises ``Interrupted`` on KeyboardInterrupt (the CLI maps SIGTERM to it too), after killing
-    the running case's processes and saving what finished."""
+    the running case's processes and saving what finished. On a node other than node 0 of a
+    multi-node run, ddp cases run their share of ranks and nothing is written."""
     obs = observer or _Silent()
+    cluster = cluster or Cluster()
+    if cluster.node_rank != 0:
+        return _run_follower(suite, cluster, obs)
     prepare_output(out_dir)
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
     launcher = CaseLauncher()
+    env = environment.fingerprint(launcher.probe())
     writer = ResultsWriter(
         out_dir,
         suite={"name": suite.name, "path": suite.path, "source": suite.source},
-        environment=environment.fingerprint(launcher.probe()),
-        run={"argv": argv, "overrides": list(overrides or []), "only": only},
+        environment=env,
+        run={"argv": argv, "overrides": list(overrides or []), "only": only,
+             "nnodes": cluster.nnodes},
     )
     outcome = RunOutcome(out_dir=out_dir, results_path=writer.path)
     obs.suite_started(suite, out_dir)
@@ -194,7 +222,7 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
             obs.case_started(case)
             log_path = logs / f"{case.id}.log"
             started, t0 = now(), time.monotonic()
-            result = launcher.run_case(case, out_dir, log_path)
+            result = _run_one(launcher, case, out_dir, log_path, cluster, env)
             duration = time.monotonic() - t0
             keep_log = log_path.exists() and log_path.stat().st_size > 0
             if log_path.exists() and not keep_log:
@@ -207,8 +235,35 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
             if after_case is not None:
                 after_case(writer)
     except KeyboardInterrupt:
-        writer.finish("interrupted")
+        writer.finish("interrupted", {"scaling": analyze(outcome.records)})
         raise Interrupted(f"interrupted: {len(outcome.records)} of {len(suite.cases)} cases finished "
                           f"and saved in {writer.path}") from None
-    writer.finish("complete")
+    writer.finish("complete", {"scaling": analyze(outcome.records)})
+    return outcome
+
+
+def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:
+    """A node other than node 0: run this node's ranks of every ddp case, write nothing."""
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-node"))
+    outcome = RunOutcome(out_dir=scratch, results_path=scratch / "results.json")
+    cores = len(psutil.Process().cpu_affinity() or []) or 1
+    obs.suite_started(suite, scratch)
+    try:
+        for case in suite.cases:
+            if case.params.mode != "ddp":
+                continue
+            obs.case_started(case)
+            started, t0 = now(), time.monotonic()
+            # The GPU count is not probed here: a node that cannot run its ranks fails the rendezvous
+            # on node 0 too, which reports it.
+            reason = skip_reason(case, cluster, cores=cores, gpus=0 if case.params.device == "cpu" else 1_000)
+            result = ({"status": "skipped", "error": reason} if reason else
+                      run_ddp_case(case, cluster, scratch / case.id, scratch / f"{case.id}.log", None))
+            record = _case_record(case, started, time.monotonic() - t0, result, None)
+            outcome.records.append(record)
+            obs.case_finished(case, record)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after {len(outcome.records)} ddp case(s) on node {cluster.node_rank}") from None
     return outcome

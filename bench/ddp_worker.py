@@ -1,0 +1,150 @@
+"""One rank of a DDP case, started by PyTorch's launcher (``python -m torch.distributed.run ...
+-m bench.ddp_worker PAYLOAD.json``), which sets RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous.
+
+Every rank measures with the same windowed loop as a single process, but window times are agreed
+by an all-reduce (max) at window edges: global throughput is all ranks' samples over the slowest
+rank's time, and all ranks stop together. Rank 0 gathers the per-rank records and writes the case
+record; a rank that fails writes its error next to it so the parent can report that rank's text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bench.measure import median
+from bench.results import atomic_write_text
+from bench.suite import CaseParams
+from bench.worker import Skip, available_cores, describe_error, measure_case, select_device, set_threads
+
+
+def _ddp_wrapper(params: CaseParams, device: torch.device) -> Any:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    options: dict[str, Any] = {
+        "gradient_as_bucket_view": params.gradient_as_bucket_view,
+        "static_graph": params.static_graph,
+        "find_unused_parameters": params.find_unused_parameters,
+    }
+    if params.bucket_cap_mb is not None:
+        options["bucket_cap_mb"] = params.bucket_cap_mb
+    device_ids = [device.index] if device.type == "cuda" else None
+    return lambda model: DDP(model, device_ids=device_ids, **options)
+
+
+def _agree(device: torch.device) -> Any:
+    buf = torch.zeros(1, dtype=torch.float64, device=device)
+
+    def agree(seconds: float) -> float:
+        buf.fill_(seconds)
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+        return float(buf.item())
+
+    return agree
+
+
+def _rank_summary(rank: int, local_rank: int, batch: int, record: dict[str, Any]) -> dict[str, Any]:
+    m = record["metrics"]
+    local = record["samples"]["local_window_s"]
+    k = m["steps_per_window"]
+    return {
+        "rank": rank,
+        "local_rank": local_rank,
+        "host": socket.gethostname(),
+        "device": record["device"],
+        "threads": m["threads"],
+        "batch": batch,
+        "window_s": local,
+        "throughput_median": median([k * batch / s for s in local]),
+        "peak_rss_mb": m["peak_rss_mb"],
+        "cuda_peak_allocated_mb": m.get("cuda_peak_allocated_mb"),
+        "step_time_ms_p50": m["step_time_ms"]["p50"],
+        "warnings": record["warnings"],
+        "collectors": record.get("collectors") or {},
+    }
+
+
+def aggregate(record: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's record plus what only all ranks together know: per-rank throughput, the skew
+    between the fastest and slowest rank, and memory per rank and summed."""
+    m = record["metrics"]
+    per_rank = [r["throughput_median"] for r in ranks]
+    m["throughput_per_rank"] = per_rank
+    m["rank_skew"] = max(per_rank) / min(per_rank) - 1 if min(per_rank) > 0 else None
+    m["peak_rss_mb_per_rank"] = [r["peak_rss_mb"] for r in ranks]
+    m["peak_rss_mb"] = sum(m["peak_rss_mb_per_rank"])
+    if all(r["cuda_peak_allocated_mb"] is not None for r in ranks):
+        m["cuda_peak_allocated_mb_per_rank"] = [r["cuda_peak_allocated_mb"] for r in ranks]
+    record["ranks"] = [{k: v for k, v in r.items() if k != "collectors"} for r in ranks]
+    by_text: dict[str, list[int]] = {}
+    for r in ranks:
+        for w in r["warnings"]:
+            by_text.setdefault(w, []).append(r["rank"])
+    record["warnings"] = [w if len(rs) == len(ranks) else f"rank {', '.join(map(str, rs))}: {w}"
+                          for w, rs in by_text.items()]
+    return record
+
+
+def run_rank(payload: dict[str, Any]) -> None:
+    params = CaseParams.model_validate(payload["params"])
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_world = int(os.environ["LOCAL_WORLD_SIZE"])
+    device = select_device(params, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = params.backend or ("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend, timeout=dt.timedelta(seconds=params.timeout))
+    try:
+        cores = available_cores()
+        # Ranks on one node share its cores: one rank's thread pool must not steal from another's.
+        threads = set_threads(params.threads or max(1, cores // local_world))
+        warnings = []
+        if device.type == "cpu" and threads * local_world > cores:
+            warnings.append(f"{local_world} ranks x {threads} threads on {cores} cores: oversubscribed")
+        batch = params.batch_size if params.scaling == "weak" else params.batch_size // world
+        record = measure_case(params, device, payload, batch=batch, samples_per_step=batch * world,
+                              wrap=_ddp_wrapper(params, device), threads=threads, warnings=warnings,
+                              rank=rank, agree=_agree(device))
+        record["backend"] = backend
+        summaries: list[Any] = [None] * world
+        dist.all_gather_object(summaries, _rank_summary(rank, local_rank, batch, record))
+        # c10d's rendezvous hands out global ranks in arrival order, so rank 0 may live on any
+        # node; the record is written by the first rank of the node the user called node 0,
+        # whose bench process is the one that writes results.
+        if local_rank == 0 and os.environ.get("BENCH_NODE_RANK", "0") == "0":
+            summaries.sort(key=lambda r: r["rank"])
+            atomic_write_text(Path(payload["record_path"]), json.dumps(aggregate(record, summaries)))
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv: list[str]) -> int:
+    payload = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        run_rank(payload)
+    except BaseException as exc:
+        status = "skipped" if isinstance(exc, Skip) else "failed"
+        error = {"rank": rank, "status": status, "error": describe_error(exc),
+                 "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+        try:
+            atomic_write_text(Path(payload["case_dir"]) / f"rank{rank}.error.json", json.dumps(error))
+        except OSError:
+            pass
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

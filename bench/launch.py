@@ -1,0 +1,167 @@
+"""Launch a DDP case through PyTorch's own launcher, ``torch.distributed.run`` (torchrun).
+
+torchrun's elastic agent starts the ranks, runs the c10d rendezvous (across nodes too) and tears
+every rank down when one fails; restarts are off because a benchmark rank that fails should fail
+the case, not be retried. We only add what a benchmark needs around it: a per-case timeout that
+kills the whole process group (agent and ranks), and the failing rank's error text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.suite import Case
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the ranks of a DDP case run: this node alone, or several nodes meeting at a c10d
+    rendezvous endpoint (``HOST:PORT``, served by node 0)."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nnodes > 1
+
+
+def ddp_device(case: Case, gpus: int) -> str:
+    """cpu or cuda: what a ddp case with ``device`` unset runs on here."""
+    if case.params.device in ("cpu", "cuda"):
+        return case.params.device
+    return "cuda" if gpus > 0 else "cpu"
+
+
+def skip_reason(case: Case, cluster: Cluster, cores: int, gpus: int) -> str | None:
+    """Why this machine cannot run a ddp case, or None when it can."""
+    p = case.params
+    if p.world_size % cluster.nnodes:
+        return f"world_size {p.world_size} does not split evenly over {cluster.nnodes} nodes"
+    per_node = p.world_size // cluster.nnodes
+    device = ddp_device(case, gpus)
+    if device == "cuda" and per_node > gpus:
+        return f"ddp with {per_node} rank(s) per node needs {per_node} GPUs; this machine has {gpus}"
+    if device == "cpu":
+        if p.backend == "nccl":
+            return "backend nccl needs GPUs; this machine has none"
+        threads = p.threads or 1
+        if per_node * threads > cores:
+            return (f"ddp with {per_node} CPU rank(s) x {threads} thread(s) needs {per_node * threads} cores; "
+                    f"this machine has {cores}")
+    return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill torchrun's process group (it leads its own session, its ranks are in it) and any
+    descendant that left the group, then reap them."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for p in descendants:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(descendants, timeout=5)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _rank_error(case_dir: Path) -> dict[str, Any] | None:
+    errors = []
+    for path in sorted(case_dir.glob("rank*.error.json")):
+        try:
+            errors.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    if not errors:
+        return None
+    # A rank that raised first is the cause; the others usually fail in the collective after it.
+    real = [e for e in errors if "ProcessGroup" not in e.get("error", "") and "Connection" not in e.get("error", "")]
+    return min(real or errors, key=lambda e: e["rank"])
+
+
+def _log_tail(log_path: Path, lines: int = 6) -> str:
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    interesting = [ln for ln in text if "exitcode" in ln or "Error" in ln or "Signal" in ln or "error" in ln]
+    return " | ".join((interesting or text)[-lines:])[-1500:]
+
+
+def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: Path,
+                 out_dir: Path | None) -> dict[str, Any]:
+    """Run one ddp case with torchrun and return its record (rank 0's aggregated record on node
+    0; on other nodes only a status)."""
+    p = case.params
+    nproc = p.world_size // cluster.nnodes
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{case.id}-")) if work_dir is None else work_dir
+    scratch.mkdir(parents=True, exist_ok=True)
+    record_path = scratch / "record.json"
+    payload_path = scratch / "payload.json"
+    payload = {"id": case.id, "params": case.params_json(), "case_dir": str(scratch),
+               "record_path": str(record_path), "out_dir": str(out_dir) if out_dir else None}
+    payload_path.write_text(json.dumps(payload), encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--max-restarts=0",
+           "--monitor-interval=0.2"]
+    if cluster.multi_node:
+        cmd += [f"--nnodes={cluster.nnodes}", f"--node-rank={cluster.node_rank}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={cluster.rdzv_endpoint}", f"--rdzv-id=bench-{case.id}",
+                # Node 0 serves the rendezvous store; saying so avoids guessing from host names,
+                # which fails when several "nodes" share one host (tests on 127.0.0.1).
+                f"--rdzv-conf=is_host={'true' if cluster.node_rank == 0 else 'false'},"
+                f"join_timeout={max(30, int(p.timeout))}"]
+    else:
+        cmd += ["--standalone", "--nnodes=1"]
+    cmd += ["-m", "bench.ddp_worker", str(payload_path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+           "BENCH_NODE_RANK": str(cluster.node_rank)}
+    deadline = time.monotonic() + p.timeout
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            _kill_group(proc)
+    if code is None:
+        hung = _rank_error(scratch)
+        detail = f" ({hung['error']})" if hung else ""
+        return {"status": "failed",
+                "error": f"timed out after {p.timeout:g} s (a rank hung or was too slow){detail}"}
+    if code == 0 and record_path.exists():
+        record: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
+        return record
+    if code == 0:  # a node other than node 0: rank 0's record lives there
+        return {"status": "ok", "error": None}
+    failure = _rank_error(scratch)
+    if failure is not None:
+        if failure.get("status") == "skipped":
+            return {"status": "skipped", "error": failure["error"]}
+        return {"status": "failed", "error": f"rank {failure['rank']}: {failure['error']}",
+                "traceback": failure.get("traceback")}
+    tail = _log_tail(log_path)
+    return {"status": "failed", "error": f"torchrun exited with code {code}: {tail or 'no output'}"}

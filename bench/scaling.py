@@ -1,0 +1,57 @@
+"""Scaling analysis: speedup and parallel efficiency of DP and DDP against world size.
+
+Cases that differ only in ``world_size`` (and ``mode``: dp next to ddp) form a group. Within a
+group, each mode's world_size 1 case is its baseline. With throughput thr (global samples/s):
+  speedup    = thr_N / thr_1
+  efficiency = speedup / N
+For weak scaling (per-rank batch fixed) this is thr_N / (N * thr_1). For strong scaling (global
+batch B fixed) the step time is t = B / thr, so t_1 / (N * t_N) is the same number: one formula
+serves both, and the ``scaling`` field says which experiment it was.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Parameters that may differ within one scaling group.
+_SCALING_AXES = {"world_size", "mode", "device", "backend"}
+
+
+def _group_key(params: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in params.items() if k not in _SCALING_AXES}, sort_keys=True)
+
+
+def _group_label(params: dict[str, Any]) -> str:
+    model = params["model"].get("name") or params["model"].get("import") or "model"
+    parts = [str(model).removeprefix("torchvision:"), params["optimizer"]["name"], params["activation"],
+             f"bs{params['batch_size']}", params.get("scaling", "weak")]
+    return " ".join(parts)
+
+
+def analyze(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per ok dp/ddp case whose group has a world_size 1 baseline of the same mode."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        if case["status"] != "ok" or case["params"]["mode"] not in ("dp", "ddp") or not case.get("metrics"):
+            continue
+        groups.setdefault(_group_key(case["params"]), []).append(case)
+    out: list[dict[str, Any]] = []
+    for members in groups.values():
+        for mode in ("dp", "ddp"):
+            of_mode = sorted((c for c in members if c["params"]["mode"] == mode),
+                             key=lambda c: c["params"]["world_size"])
+            base = next((c for c in of_mode if c["params"]["world_size"] == 1), None)
+            if base is None:
+                continue
+            thr_1 = base["metrics"]["throughput"]["median"]
+            for c in of_mode:
+                n = c["params"]["world_size"]
+                thr = c["metrics"]["throughput"]["median"]
+                speedup = thr / thr_1
+                out.append({
+                    "group": _group_label(c["params"]), "mode": mode, "world_size": n, "case_id": c["id"],
+                    "baseline_case": base["id"], "scaling": c["params"].get("scaling", "weak"),
+                    "device": c.get("device"), "throughput": thr, "speedup": speedup, "efficiency": speedup / n,
+                })
+    return sorted(out, key=lambda e: (e["group"], e["mode"], e["world_size"]))

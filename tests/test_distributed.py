@@ -1,0 +1,191 @@
+"""DDP through torch.distributed.run, DataParallel skips, aggregation, scaling, multi-node, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.launch import Cluster, skip_reason
+from bench.scaling import analyze
+from bench.suite import load
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--set", "measure.max_time=0.6", "--set", "measure.min_time=0.2", "--set", "measure.warmup_steps=2",
+        "--set", "measure.window_time=0.02"]
+
+
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_suite(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def leftover_ranks(since: float) -> list[psutil.Process]:
+    """Processes started by these tests that still run bench ranks or torchrun."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["create_time"] >= since - 1 and ("bench.ddp_worker" in cmd or "torch.distributed.run" in cmd):
+            found.append(p)
+    return found
+
+
+@pytest.fixture(scope="module")
+def scaling_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("scaling")
+    result = bench("run", "suites/scaling.yaml", "--only", "mlp-*", "--out", str(out), "--quiet", *TINY)
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "results.json").read_text())
+
+
+def test_scaling_suite_runs_ddp_at_one_and_two_ranks_and_skips_the_rest_with_reasons(scaling_run: dict) -> None:
+    status = {c["id"]: (c["status"], c["error"]) for c in scaling_run["cases"]}
+    assert status["mlp-ddp-ws1"][0] == "ok"
+    assert status["mlp-ddp-ws2"][0] == "ok"
+    cores = len(os.sched_getaffinity(0))
+    for n in (4, 8):
+        if n > cores:
+            assert status[f"mlp-ddp-ws{n}"][0] == "skipped"
+            assert f"needs {n} cores" in status[f"mlp-ddp-ws{n}"][1]
+    for n in (1, 2, 4, 8):
+        state, reason = status[f"mlp-dp-ws{n}"]
+        assert state == "skipped"
+        assert "CUDA devices; this machine has 0" in reason
+
+
+def test_ddp_global_throughput_is_all_ranks_samples_over_the_slowest_ranks_time(scaling_run: dict) -> None:
+    case = next(c for c in scaling_run["cases"] if c["id"] == "mlp-ddp-ws2")
+    ranks = case["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    k = case["metrics"]["steps_per_window"]
+    windows = case["samples"]["window_throughput"]
+    assert len(windows) == len(ranks[0]["window_s"]) == len(ranks[1]["window_s"])
+    for i, thr in enumerate(windows):
+        expected = sum(k * r["batch"] for r in ranks) / max(r["window_s"][i] for r in ranks)
+        assert thr == pytest.approx(expected, rel=1e-12)
+    assert case["metrics"]["peak_rss_mb"] == pytest.approx(sum(r["peak_rss_mb"] for r in ranks))
+    assert case["metrics"]["throughput_per_rank"] == [r["throughput_median"] for r in ranks]
+    assert case["backend"] == "gloo"
+
+
+def test_scaling_entries_give_speedup_and_efficiency_against_world_size_one(scaling_run: dict) -> None:
+    entries = {(e["mode"], e["world_size"]): e for e in scaling_run["scaling"] if e["group"].startswith("mlp")}
+    one, two = entries[("ddp", 1)], entries[("ddp", 2)]
+    assert one["speedup"] == 1.0 and one["efficiency"] == 1.0
+    assert two["speedup"] == pytest.approx(two["throughput"] / one["throughput"])
+    assert two["efficiency"] == pytest.approx(two["speedup"] / 2)
+    assert ("dp", 1) not in entries  # DataParallel was skipped on this machine: never reported as scaling
+
+
+def _case(mode: str, n: int, thr: float, scaling: str = "weak") -> dict:
+    params = {"model": {"name": "mlp"}, "optimizer": {"name": "sgd"}, "activation": "relu", "batch_size": 64,
+              "mode": mode, "world_size": n, "scaling": scaling, "lr": 0.01}
+    return {"id": f"{mode}{n}", "status": "ok", "params": params, "device": "cuda",
+            "metrics": {"throughput": {"median": thr}}}
+
+
+def test_analyze_computes_weak_and_strong_efficiency_per_mode_side_by_side() -> None:
+    cases = [_case("ddp", 1, 100.0), _case("ddp", 2, 180.0), _case("ddp", 4, 320.0),
+             _case("dp", 1, 100.0), _case("dp", 2, 120.0)]
+    got = {(e["mode"], e["world_size"]): e for e in analyze(cases)}
+    assert got[("ddp", 4)]["efficiency"] == pytest.approx(320 / (4 * 100))
+    assert got[("dp", 2)]["efficiency"] == pytest.approx(120 / (2 * 100))
+    assert got[("dp", 2)]["group"] == got[("ddp", 2)]["group"]
+    # Strong scaling: t_1 / (N t_N) with t = B / thr is the same ratio.
+    strong = analyze([_case("ddp", 1, 100.0, "strong"), _case("ddp", 2, 150.0, "strong")])
+    assert strong[1]["efficiency"] == pytest.approx((64 / 100) / (2 * (64 / 150)))
+
+
+def test_skip_reason_names_missing_gpus_and_cores() -> None:
+    suite = load(ROOT / "suites/scaling.yaml")
+    case = next(c for c in suite.cases if c.id == "cnn-ddp-ws8")
+    assert "needs 8 cores; this machine has 2" in (skip_reason(case, Cluster(), cores=2, gpus=0) or "")
+    assert "needs 8 GPUs; this machine has 4" in (skip_reason(case, Cluster(), cores=64, gpus=4) or "")
+    assert skip_reason(case, Cluster(), cores=64, gpus=8) is None
+    assert "does not split evenly over 3 nodes" in (skip_reason(case, Cluster(nnodes=3), cores=64, gpus=8) or "")
+
+
+def test_dataparallel_is_skipped_with_a_reason_when_gpus_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from bench import worker
+
+    case = next(c for c in load(ROOT / "suites/scaling.yaml").cases if c.id == "mlp-dp-ws2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(worker.Skip, match="needs 2 CUDA devices; this machine has 1"):
+        worker.select_device(case.params)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert str(worker.select_device(case.params)) == "cuda:0"
+
+
+FAULT_SUITE = """
+name: faults
+defaults:
+  model: {{import: "tests.distributed_models:misbehaving", input_shape: [16], kwargs: {{action: {action}}}}}
+  mode: ddp
+  world_size: 2
+  threads: 1
+  batch_size: 8
+  timeout: {timeout}
+  measure: {{warmup_steps: 5, min_time: 0.2, max_time: 0.5, window_time: 0.01}}
+matrix:
+  seed: [1]
+include:
+  - {{model: mlp, seed: 2}}
+"""
+
+
+@pytest.mark.parametrize(("action", "expected"), [
+    ("raise", "rank 1: RuntimeError: planted failure on rank 1"),
+    ("kill", "SIGKILL"),
+    ("hang", "timed out after 20 s"),
+])
+def test_a_failing_rank_fails_its_case_with_its_error_and_leaves_no_process(
+        tmp_path: Path, action: str, expected: str) -> None:
+    started = time.time()
+    suite = write_suite(tmp_path, FAULT_SUITE.format(action=action, timeout=20))
+    out = tmp_path / "out"
+    result = bench("run", str(suite), "--out", str(out), "--quiet")
+    assert result.returncode == 1, result.stderr
+    cases = {c["id"]: c for c in json.loads((out / "results.json").read_text())["cases"]}
+    bad = cases["misbehaving_action" + action + "-seed1"]
+    assert bad["status"] == "failed"
+    assert expected in bad["error"]
+    assert cases["mlp-seed2"]["status"] == "ok"  # the suite went on
+    assert leftover_ranks(started) == []
+
+
+def test_two_nodes_on_loopback_produce_one_result_with_world_size_two(tmp_path: Path) -> None:
+    started = time.time()
+    port = 29000 + os.getpid() % 1000
+    common = ["run", "suites/scaling.yaml", "--only", "mlp-ddp-ws2", "--nnodes", "2",
+              "--rdzv-endpoint", f"127.0.0.1:{port}", "--quiet", *TINY]
+    node1 = subprocess.Popen([sys.executable, "-m", "bench", *common, "--node-rank", "1",
+                              "--out", str(tmp_path / "node1")],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node0 = bench(*common, "--node-rank", "0", "--out", str(tmp_path / "node0"))
+    out1, err1 = node1.communicate(timeout=120)
+    assert node0.returncode == 0, node0.stderr
+    assert node1.returncode == 0, err1
+    assert not (tmp_path / "node1").exists()  # only node 0 writes results
+    doc = json.loads((tmp_path / "node0" / "results.json").read_text())
+    (case,) = doc["cases"]
+    assert case["status"] == "ok"
+    assert case["params"]["world_size"] == 2
+    assert sorted(r["rank"] for r in case["ranks"]) == [0, 1]
+    assert "node 0 writes the results" in out1
+    assert leftover_ranks(started) == []
