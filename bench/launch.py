@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,18 +88,46 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _rank_error(case_dir: Path) -> dict[str, Any] | None:
+_PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "ProcessGroup", "NCCL communicator was aborted")
+
+
+def _rank_errors(case_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the first rank error that is a cause, the first that only reports a lost peer)."""
     errors = []
     for path in sorted(case_dir.glob("rank*.error.json")):
         try:
             errors.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             continue
-    if not errors:
+    errors.sort(key=lambda e: e["rank"])
+    # When one rank fails, the others usually fail next in a collective, reporting only that
+    # their peer went away: those are symptoms, not the cause.
+    causes = [e for e in errors if not any(p in e.get("error", "") for p in _PEER_FAILURE)]
+    symptoms = [e for e in errors if e not in causes]
+    return (causes[0] if causes else None), (symptoms[0] if symptoms else None)
+
+
+_ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def _signalled_rank(log_path: Path) -> str | None:
+    """torchrun's failure summary names the first failed rank and its exit code; a negative
+    code is the signal that killed it (a rank killed by SIGKILL writes no error of its own)."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
         return None
-    # A rank that raised first is the cause; the others usually fail in the collective after it.
-    real = [e for e in errors if "ProcessGroup" not in e.get("error", "") and "Connection" not in e.get("error", "")]
-    return min(real or errors, key=lambda e: e["rank"])
+    match = None
+    for match in _ROOT_CAUSE.finditer(text):
+        pass
+    if match is None or int(match.group(2)) >= 0:
+        return None
+    code = int(match.group(2))
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"rank {match.group(1)} was killed by {name}"
 
 
 def _log_tail(log_path: Path, lines: int = 6) -> str:
@@ -147,9 +176,9 @@ def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: 
             code = None
         finally:
             _kill_group(proc)
+    cause, symptom = _rank_errors(scratch)
     if code is None:
-        hung = _rank_error(scratch)
-        detail = f" ({hung['error']})" if hung else ""
+        detail = f" (rank {cause['rank']}: {cause['error']})" if cause else ""
         return {"status": "failed",
                 "error": f"timed out after {p.timeout:g} s (a rank hung or was too slow){detail}"}
     if code == 0 and record_path.exists():
@@ -157,11 +186,15 @@ def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: 
         return record
     if code == 0:  # a node other than node 0: rank 0's record lives there
         return {"status": "ok", "error": None}
-    failure = _rank_error(scratch)
-    if failure is not None:
-        if failure.get("status") == "skipped":
-            return {"status": "skipped", "error": failure["error"]}
-        return {"status": "failed", "error": f"rank {failure['rank']}: {failure['error']}",
-                "traceback": failure.get("traceback")}
+    if cause is not None:
+        if cause.get("status") == "skipped":
+            return {"status": "skipped", "error": cause["error"]}
+        return {"status": "failed", "error": f"rank {cause['rank']}: {cause['error']}",
+                "traceback": cause.get("traceback")}
+    signalled = _signalled_rank(log_path)
+    if signalled is not None:
+        return {"status": "failed", "error": signalled}
+    if symptom is not None:
+        return {"status": "failed", "error": f"rank {symptom['rank']}: {symptom['error']}"}
     tail = _log_tail(log_path)
     return {"status": "failed", "error": f"torchrun exited with code {code}: {tail or 'no output'}"}

@@ -40,7 +40,8 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     The number of samples below the true median is Binomial(n, 1/2), so the interval between the
     k-th smallest and k-th largest sample covers the median with probability at least
     ``confidence``. Unlike a t-interval of the mean it assumes no normality, which matters because
-    step times are skewed by stragglers (GC, other tenants of a shared machine)."""
+    step times are skewed by stragglers (GC, other tenants of a shared machine). With fewer than
+    ``MIN_CI_SAMPLES`` values it is (min, max), whose coverage falls short of ``confidence``."""
     from scipy.stats import binom
 
     s = sorted(values)
@@ -56,7 +57,15 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     return (s[k - 1], s[n - k])
 
 
+# Below 6 samples even the widest interval, (min, max), covers the median with probability
+# 1 - 2 * 0.5**n < 95% (75% for 3 samples), so no 95% interval exists and no target can be met.
+MIN_CI_SAMPLES = 6
+
+
 def relative_half_width(values: Sequence[float]) -> float:
+    """Half-width of the median's 95% CI over the median; infinite where no such CI exists."""
+    if len(values) < MIN_CI_SAMPLES:
+        return math.inf
     lo, hi = median_ci(values)
     m = median(values)
     if not (m > 0) or math.isnan(lo):
@@ -183,32 +192,39 @@ def thin(values: Sequence[float], limit: int = MAX_STEP_SAMPLES) -> list[float]:
     return [values[int(i * n / limit)] for i in range(limit)]
 
 
-def summarize(m: Measurement, target_ci: float) -> dict[str, object]:
-    """The ``metrics`` block of a case from its raw windows."""
-    thr = m.window_throughput
+def throughput_summary(thr: Sequence[float], target_ci: float) -> dict[str, object]:
+    """Median, its 95% CI and whether the CI met its target, from per-window throughputs."""
     lo, hi = median_ci(thr)
-    med = median(thr)
-    steps_ms = [s * 1000 for s in m.step_seconds] or [s * 1000 / m.steps_per_window for s in m.window_seconds]
     half = relative_half_width(thr)
     return {
-        "throughput": {
-            "median": med,
-            "mean": sum(thr) / len(thr),
-            "ci95": [lo, hi],
-            "ci_rel_half_width": None if math.isinf(half) else half,
-            "ci_target": target_ci,
-            "ci_target_met": half <= target_ci,
-            "unit": "samples/s",
-        },
-        "step_time_ms": {
-            "p50": percentile(steps_ms, 50),
-            "p95": percentile(steps_ms, 95),
-            "p99": percentile(steps_ms, 99),
-            "mean": sum(steps_ms) / len(steps_ms),
-            "min": min(steps_ms),
-            "max": max(steps_ms),
-            "source": "per_step" if m.step_seconds else "window_mean",
-        },
+        "median": median(thr),
+        "mean": sum(thr) / len(thr),
+        "ci95": [lo, hi],
+        "ci_rel_half_width": None if math.isinf(half) else half,
+        "ci_target": target_ci,
+        "ci_target_met": half <= target_ci,
+        "unit": "samples/s",
+    }
+
+
+def step_time_summary(steps_ms: Sequence[float], source: str) -> dict[str, object]:
+    return {
+        "p50": percentile(steps_ms, 50),
+        "p95": percentile(steps_ms, 95),
+        "p99": percentile(steps_ms, 99),
+        "mean": sum(steps_ms) / len(steps_ms),
+        "min": min(steps_ms),
+        "max": max(steps_ms),
+        "source": source,
+    }
+
+
+def summarize(m: Measurement, target_ci: float) -> dict[str, object]:
+    """The ``metrics`` block of a case from its raw windows."""
+    steps_ms = [s * 1000 for s in m.step_seconds] or [s * 1000 / m.steps_per_window for s in m.window_seconds]
+    return {
+        "throughput": throughput_summary(m.window_throughput, target_ci),
+        "step_time_ms": step_time_summary(steps_ms, "per_step" if m.step_seconds else "window_mean"),
         "windows": len(m.window_seconds),
         "steps": m.steps,
         "steps_per_window": m.steps_per_window,

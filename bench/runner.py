@@ -23,6 +23,7 @@ import psutil
 
 from bench import environment
 from bench.launch import Cluster, run_ddp_case, skip_reason
+from bench.measure import step_time_summary, thin, throughput_summary
 from bench.results import ResultsWriter, now, prepare_output
 from bench.scaling import analyze
 from bench.suite import Case, Suite
@@ -76,7 +77,7 @@ class CaseLauncher:
 
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["bench.worker"])
+        self.ctx.set_forkserver_preload(["bench.preload"])
 
     def _call(self, target: Callable[..., None], args: tuple[Any, ...], timeout: float
               ) -> tuple[Any | None, str | None]:
@@ -174,8 +175,41 @@ def _case_record(case: Case, started: str, duration: float, result: dict[str, An
     }
 
 
+def pool_repeats(results: list[dict[str, Any]], target_ci: float) -> dict[str, Any]:
+    """One record from several processes of the same case: windows pooled (the interval then
+    covers process-to-process variation too), each process's median kept."""
+    if len(results) == 1 or any(r.get("status") != "ok" for r in results):
+        return next((r for r in results if r.get("status") != "ok"), results[0])
+    pooled = dict(results[0])
+    samples = {key: [v for r in results for v in r["samples"][key]]
+               for key in ("window_throughput", "window_s", "step_time_ms", "local_window_s")}
+    samples["window_repeat"] = [i for i, r in enumerate(results) for _ in r["samples"]["window_s"]]
+    samples["step_time_ms"] = thin(samples["step_time_ms"])
+    samples["clock_origin"] = results[0]["samples"]["clock_origin"]
+    samples["window_start_s"] = results[0]["samples"]["window_start_s"]
+    metrics = dict(results[0]["metrics"])
+    metrics["throughput"] = {**throughput_summary(samples["window_throughput"], target_ci),
+                             "per_repeat": [r["metrics"]["throughput"]["median"] for r in results]}
+    metrics["step_time_ms"] = step_time_summary(samples["step_time_ms"],
+                                                results[0]["metrics"]["step_time_ms"]["source"])
+    for key in ("windows", "steps", "measured_s"):
+        metrics[key] = sum(r["metrics"][key] for r in results)
+    metrics["peak_rss_mb"] = max(r["metrics"]["peak_rss_mb"] for r in results)
+    metrics["repeats"] = len(results)
+    pooled["metrics"] = metrics
+    pooled["samples"] = samples
+    pooled["warnings"] = sorted({w for r in results for w in r.get("warnings") or []})
+    return pooled
+
+
 def _run_one(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
              env: dict[str, Any]) -> dict[str, Any]:
+    results = [_run_process(launcher, case, out_dir, log_path, cluster, env) for _ in range(case.params.repeats)]
+    return pool_repeats(results, case.params.measure.target_ci)
+
+
+def _run_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
+                 env: dict[str, Any]) -> dict[str, Any]:
     if case.params.mode != "ddp":
         if cluster.multi_node:
             return {"status": "skipped", "error": "multi-node run: only ddp cases run across nodes"}

@@ -1,0 +1,15 @@
+"""Imported once by the case forkserver, so that every forked case process starts with these
+already loaded. Imports only: running torch ops here could start thread pools, which do not
+survive a fork.
+
+torch._dynamo is here because constructing any torch.optim optimizer imports it (about 1.5 s on
+a 2-core machine): without it, every case would pay that inside its build time.
+"""
+
+import torch  # noqa: F401
+import torch._dynamo  # noqa: F401
+import torch.profiler  # noqa: F401
+import torch.utils.flop_counter  # noqa: F401
+import torchvision  # noqa: F401
+
+import bench.worker  # noqa: F401
