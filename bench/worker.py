@@ -58,33 +58,49 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:2000] if text else type(exc).__name__
 
 
-def select_device(params: CaseParams) -> torch.device:
-    if params.mode == "cpu":
+def select_device(params: CaseParams, local_rank: int = 0) -> torch.device:
+    """The device a (rank of a) case runs on; raises Skip when this machine cannot run it."""
+    if params.mode == "cpu" or (params.mode == "ddp" and params.device == "cpu"):
         return torch.device("cpu")
-    if not torch.cuda.is_available():
+    if params.mode == "ddp" and params.device is None and not torch.cuda.is_available():
+        return torch.device("cpu")  # ddp picks GPUs where there are some, else gloo on CPU
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if params.mode == "dp":
+        if count < params.world_size:
+            raise Skip(f"DataParallel over {params.world_size} GPU(s) needs {params.world_size} CUDA devices; "
+                       f"this machine has {count}")
+        return torch.device("cuda:0")
+    if count == 0:
         raise Skip(f"mode {params.mode!r} needs CUDA, and this machine has no CUDA device")
+    if params.mode == "ddp":
+        return torch.device(f"cuda:{local_rank}")
     device = torch.device(params.device or "cuda:0")
-    index = device.index or 0
-    if index >= torch.cuda.device_count():
-        raise Skip(f"device {params.device!r} asked for, but this machine has "
-                   f"{torch.cuda.device_count()} CUDA device(s)")
+    if (device.index or 0) >= count:
+        raise Skip(f"device {params.device!r} asked for, but this machine has {count} CUDA device(s)")
     return device
 
 
-def set_threads(params: CaseParams) -> int:
-    threads = params.threads or len(os.sched_getaffinity(0))
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def set_threads(threads: int) -> int:
     torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 
-def build_step(params: CaseParams, device: torch.device, batch_size: int
+def build_step(params: CaseParams, device: torch.device, batch_size: int,
+               wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
                ) -> tuple[Callable[[], None], torch.nn.Module]:
-    """One training step as a closure (forward, loss on logits, backward, optimizer step) and the model."""
+    """One training step as a closure (forward, loss on logits, backward, optimizer step) and the
+    model; ``wrap`` puts the model in DataParallel or DistributedDataParallel."""
     generator = torch.Generator().manual_seed(params.seed)
     torch.manual_seed(params.seed)
     model = build_model(params.model.name, params.model.import_path, params.model.kwargs,
                         params.activation, params.model.num_classes).to(device)
     model.train()
+    if wrap is not None:
+        model = wrap(model)
     optimizer = build_optimizer(params.optimizer.name, params.optimizer.kwargs, model.parameters(), params.lr)
     loss_fn = build_loss(params.loss).to(device)
     next_batch = make_batches(params, device, batch_size, generator)
@@ -100,44 +116,68 @@ def build_step(params: CaseParams, device: torch.device, batch_size: int
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this case process in MiB (ru_maxrss is in KiB on Linux). It
-    includes the preloaded torch libraries, as a real training process would."""
+    """Peak resident set size of this process in MiB (ru_maxrss is in KiB on Linux). It includes
+    the preloaded torch libraries, as a real training process would."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_case(payload: dict[str, Any]) -> dict[str, Any]:
-    """Build, warm up and measure one case in this process; returns its record."""
+    """Build, warm up and measure a single-process case (cpu, cuda or dp); returns its record."""
     params = CaseParams.model_validate(payload["params"])
+    if params.mode == "ddp":
+        raise ValueError("ddp cases run through torch.distributed.run (bench.ddp_worker), not here")
     device = select_device(params)
-    threads = set_threads(params)
+    cores = available_cores()
+    threads = set_threads(params.threads or cores)
     warnings: list[str] = []
-    cores = len(os.sched_getaffinity(0))
     if threads > cores:
         warnings.append(f"{threads} threads on {cores} cores: oversubscribed, expect noisy timings")
+    wrap = None
+    batch = params.batch_size
+    if params.mode == "dp":
+        ids = list(range(params.world_size))
+        wrap = lambda m: torch.nn.DataParallel(m, device_ids=ids)  # noqa: E731
+        # DataParallel splits one input batch across GPUs: weak scaling keeps batch_size per GPU.
+        batch = params.batch_size * params.world_size if params.scaling == "weak" else params.batch_size
+    return measure_case(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
+                        threads=threads, warnings=warnings)
+
+
+def measure_case(params: CaseParams, device: torch.device, payload: dict[str, Any], *, batch: int,
+                 samples_per_step: int, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None,
+                 threads: int, warnings: list[str], rank: int = 0,
+                 agree: Callable[[float], float] | None = None) -> dict[str, Any]:
+    """Build, warm up and measure one process's share of a case. ``batch`` is what this process
+    feeds its model per step, ``samples_per_step`` what all ranks together process per step."""
     t0 = time.perf_counter()
-    step, model = build_step(params, device, params.batch_size)
+    step, model = build_step(params, device, batch, wrap)
     build_s = time.perf_counter() - t0
     m = params.measure
     settings = MeasureSettings(m.warmup_steps, m.min_time, m.max_time, m.target_ci, m.window_time, m.min_windows)
     ctx = CaseContext(params=params, device=device, out_dir=payload.get("out_dir"), case_id=payload.get("id", ""),
-                      step=step, model=model)
+                      rank=rank, step=step, model=model, batch=batch)
     collectors = make_collectors(ctx)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    kwargs: dict[str, Any] = {"agree": agree} if agree is not None else {}
     with collectors:
         if device.type == "cuda":
-            result = measure(step, settings, params.batch_size, sync=lambda: torch.cuda.synchronize(device),
-                             step_times=False)
+            result = measure(step, settings, samples_per_step, sync=lambda: torch.cuda.synchronize(device),
+                             step_times=False, **kwargs)
         else:
-            result = measure(step, settings, params.batch_size)
+            result = measure(step, settings, samples_per_step, **kwargs)
+    # Read device memory peaks now: the collectors' extra steps after this are not the measured region.
+    cuda_peaks = ((torch.cuda.max_memory_allocated(device) / 2**20, torch.cuda.max_memory_reserved(device) / 2**20)
+                  if device.type == "cuda" else None)
+    ctx.measurement = result  # FLOPs and NVML collectors align with and divide by the timed windows
     collectors.after()
     metrics = summarize(result, m.target_ci)
     metrics["peak_rss_mb"] = peak_rss_mb()
     metrics["threads"] = threads
     metrics["build_s"] = build_s
+    metrics["batch_per_process"] = batch
     if device.type == "cuda":
-        metrics["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        metrics["cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        metrics["cuda_peak_allocated_mb"], metrics["cuda_peak_reserved_mb"] = cuda_peaks
     if not metrics["throughput"]["ci_target_met"]:  # type: ignore[index]
         width = metrics["throughput"]["ci_rel_half_width"]  # type: ignore[index]
         shown = "undefined" if width is None else f"±{width:.1%}"
@@ -146,7 +186,6 @@ def run_case(payload: dict[str, Any]) -> dict[str, Any]:
     origin = result.window_start[0]
     return {
         "status": "ok",
-        "collectors": collectors.records(),
         "error": None,
         "warnings": warnings,
         "device": str(device),
@@ -157,7 +196,10 @@ def run_case(payload: dict[str, Any]) -> dict[str, Any]:
             "window_s": result.window_seconds,
             "window_throughput": result.window_throughput,
             "step_time_ms": [s * 1000 for s in thin(result.step_seconds)],
+            # Only this process's view: equal to window_s except under DDP.
+            "local_window_s": result.local_window_seconds,
         },
+        "collectors": collectors.records(),
     }
 
 

@@ -5,19 +5,25 @@ them just before the measured region and exits them just after, then calls ``aft
 measurement is over (for work that must stay out of the timed windows, such as a profiler window
 or a FLOP count). ``record()`` returns a JSON-ready dict stored under ``collectors.<name>`` of the
 case. A collector that fails records its error; it never raises into the measurement.
+
+One module per collector: ``nvml`` (GPU telemetry), ``memory`` (CUDA and host peaks), ``flops``
+(FLOPs and MFU), ``torch_profiler`` and ``pyspy`` (opt-in with the case's ``profile``).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
+    from bench.measure import Measurement
     from bench.suite import CaseParams
 
 
@@ -32,13 +38,36 @@ class CaseContext:
     rank: int = 0
     step: Callable[[], None] | None = None        # one training step (for untimed extra work)
     model: Any = None
+    batch: int = 0                                 # samples this process feeds its model per step
+    measurement: Measurement | None = None         # set by the worker once the timed windows are done
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch or self.params.batch_size
+
+    def profile_dir(self) -> str | None:
+        """``<out_dir>/profiles/<case id>``, created on demand; None when files are not wanted."""
+        if self.out_dir is None:
+            return None
+        path = os.path.join(self.out_dir, "profiles", self.case_id or "case")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def relative(self, path: str) -> str:
+        """A file's path relative to the results folder, as results.json stores it."""
+        assert self.out_dir is not None
+        return os.path.relpath(path, self.out_dir)
 
 
 class Collector:
-    """Base class: subclasses override ``start``, ``stop``, ``after`` and ``result``."""
+    """Base class: subclasses override ``start``, ``stop``, ``after`` and ``result``.
+
+    ``fields`` lists the keys of the record; a collector that fails or cannot run (no NVML, no
+    py-spy) still has them all, as ``null``, next to its ``error``, so readers see one shape."""
 
     name = "collector"
+    fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: CaseContext) -> None:
         self.ctx = ctx
@@ -56,6 +85,11 @@ class Collector:
     def result(self) -> dict[str, Any] | None:
         return None
 
+    def fail(self, reason: str) -> None:
+        """Give up with a reason (recorded once); later calls of this collector are skipped."""
+        if self.error is None:
+            self.error = reason
+
     def _guard(self, what: Callable[[], None]) -> None:
         if self.error is not None:
             return
@@ -63,13 +97,17 @@ class Collector:
             what()
         except Exception as exc:  # a collector must never fail the measurement it observes
             self.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]
-            self.traceback = traceback.format_exc()[-4000:]
+            # The record keeps one line; the full traceback goes to the case's log file.
+            print(f"bench: collector {self.name} failed:\n{traceback.format_exc()[-4000:]}", file=sys.stderr)
 
     def record(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.error}
+        out: dict[str, Any] = dict.fromkeys(self.fields)
         if self.error is None:
-            self._guard(lambda: out.update(self.result() or {}))
-            out["error"] = self.error
+            result: dict[str, Any] = {}
+            self._guard(lambda: result.update(self.result() or {}))
+            if self.error is None:
+                out.update(result)
+        out["error"] = self.error
         return out
 
 
@@ -98,5 +136,19 @@ class CollectorSet:
 
 
 def make_collectors(ctx: CaseContext) -> CollectorSet:
-    """The collectors a case asks for. Each lives in its own module of this package."""
-    return CollectorSet([])
+    """The collectors a case asks for. Memory, NVML and FLOPs always run; the profilers when the
+    case's ``profile`` names them. Samplers are entered first and py-spy last, so each sampler's
+    own start-up happens before the profiler starts watching."""
+    from bench.collectors.flops import FlopsCollector
+    from bench.collectors.memory import MemoryCollector
+    from bench.collectors.nvml import NvmlCollector
+    from bench.collectors.pyspy import PySpyCollector
+    from bench.collectors.torch_profiler import TorchProfilerCollector
+
+    chosen: list[Collector] = [MemoryCollector(ctx), NvmlCollector(ctx), FlopsCollector(ctx)]
+    profile = ctx.params.profile
+    if "torch" in profile:
+        chosen.append(TorchProfilerCollector(ctx))
+    if "pyspy" in profile:
+        chosen.append(PySpyCollector(ctx))
+    return CollectorSet(chosen)
