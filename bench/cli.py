@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -37,11 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every case of a suite and write results.json and report.html",
                        description="Run every case of a suite, each in its own process.")
-    _suite_args(p)
-    p.add_argument("--out", type=Path, help="output folder (default: a new folder under reports/)")
+    p.add_argument("suite", nargs="?", help="suite YAML file (with --resume: defaults to the interrupted run's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter in every case, e.g. --set batch_size=32 --set measure.max_time=2")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--out", type=Path, help="output folder (default: a new folder under reports/)")
+    target.add_argument("--resume", type=Path, metavar="DIR",
+                        help="continue an interrupted run in DIR: cases already finished there are not run again")
     p.add_argument("--only", metavar="PATTERN", help="run only cases whose id matches this glob (or contains it)")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    multi = p.add_argument_group("multi-node (ddp cases; passed to torch.distributed.run's c10d rendezvous)")
+    multi.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
+    multi.add_argument("--node-rank", type=int, default=0, help="this node's rank; only node 0 writes results")
+    multi.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous endpoint served by node 0")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a suite without running it",
@@ -65,7 +74,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--link-plotlyjs", action="store_true",
                    help="load plotly.js from its CDN instead of inlining it (smaller file, needs a network)")
+    p.add_argument("--label", dest="labels", action="append", default=[], metavar="NAME",
+                   help="name of a run in the report, once per results file in order (default: its folder name); "
+                        "the first run is the baseline of the comparison")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="compare two runs; exit 1 on a regression (for CI)",
+                       description="Compare two results files case by case: ratio of medians with a 95%% bootstrap "
+                                   "CI, Mann-Whitney U corrected for many cases, and a verdict per rule. "
+                                   "Exit 0: no regression, 1: regression, 2: bad input or --strict-env mismatch.")
+    p.add_argument("base", type=Path, help="baseline results.json (or a folder holding one)")
+    p.add_argument("new", type=Path, help="new results.json (or a folder holding one)")
+    p.add_argument("--fail-on", dest="fail_on", action="append", default=[], metavar="METRIC:±N%%",
+                   help="fail when METRIC changes by N%% or more that way, e.g. throughput:-5%% (the default) "
+                        "or peak_rss_mb:+10%%; repeatable; replaces the default for the same metric")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level after correction (default 0.05)")
+    p.add_argument("--correction", choices=["bh", "holm", "none"], default="bh",
+                   help="correction for testing many cases: Benjamini-Hochberg (default), Holm, or none")
+    p.add_argument("--min-samples", type=int, default=5,
+                   help="fewer raw samples than this on either side gives 'inconclusive' (default 5)")
+    p.add_argument("--strict-env", action="store_true",
+                   help="exit 2 when the environments' fingerprints differ (default: warn)")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (CI step summary, PR comment)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every verdict as JSON")
+    p.add_argument("--html", type=Path, metavar="FILE", help="write the HTML report with the comparison view")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("history", help="plot every case's throughput over many runs, with change points",
+                       description="Find results.json files under a folder, order them by time, and write one "
+                                   "HTML page with each case's throughput per run (labelled with the git commit), "
+                                   "change points marked; runs on different environments are separate series.")
+    p.add_argument("results_dir", type=Path, help="folder searched (recursively) for results.json files")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--link-plotlyjs", action="store_true",
+                   help="load plotly.js from its CDN instead of inlining it (smaller file, needs a network)")
+    p.set_defaults(func=cmd_history)
     return parser
 
 
@@ -89,7 +132,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from bench.models import MODELS, TORCHVISION_PREFIX
 
         for registry in (MODELS, OPTIMIZERS, ACTIVATIONS, LOSSES, TRANSFORMS):
-            print(f"{registry.kind}s:")
+            print(f"{registry.plural}:")
             for entry in registry:
                 print(f"  {entry.name:<22} {entry.doc}")
             if registry is MODELS:
@@ -107,9 +150,35 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _default_out(name: str) -> Path:
+    """A new folder under reports/ named after the suite and the time; never an existing one,
+    so two runs started in the same second do not share (and overwrite) a folder."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return Path("reports") / f"{safe}-{stamp}"
+    base = Path("reports") / f"{safe}-{stamp}"
+    for n in range(1, 1000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError:
+            return candidate  # prepare_output reports why it cannot be written
+    raise UsageError(f"{base}: too many runs in one second")
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    from bench.launch import Cluster
+
+    if args.nnodes < 1:
+        raise UsageError(f"--nnodes: must be at least 1, not {args.nnodes}")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise UsageError(f"--node-rank: must be in 0..{args.nnodes - 1}, not {args.node_rank}")
+    if args.nnodes > 1:
+        host, _, port = (args.rdzv_endpoint or "").rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError("--rdzv-endpoint: a multi-node run needs HOST:PORT of node 0's rendezvous")
+    return Cluster(nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -120,19 +189,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench import console, runner
     from bench import suite as suite_mod
 
+    cluster = _cluster(args)
+    previous = None
+    if args.resume is not None:
+        from bench.results import load_run
+
+        previous = load_run(args.resume).doc
+        # Unless told otherwise, resume exactly what was started: same suite, --set and --only.
+        args.suite = args.suite or previous["suite"]["path"]
+        args.overrides = args.overrides or previous["run"].get("overrides") or []
+        args.only = args.only or previous["run"].get("only")
+    if not args.suite:
+        raise UsageError("run: give a suite file (or --resume DIR)")
     suite = suite_mod.load(args.suite, args.overrides).select(args.only)
-    out_dir: Path = args.out or _default_out(suite.name)
+    out_dir: Path = args.resume or args.out or _default_out(suite.name)
+    from bench.results import prepare_output
+
+    prepare_output(out_dir)  # a clear error before the progress display starts and before any case runs
     # SIGTERM (a CI job cancelled, `kill`) stops the run like Ctrl-C: kill the case, keep results.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     observer = console.ProgressObserver(enabled=not args.quiet)
     try:
         with observer:
             outcome = runner.run_suite(suite, out_dir, argv=sys.argv, overrides=args.overrides,
-                                       only=args.only, observer=observer)
+                                       only=args.only, observer=observer, cluster=cluster, previous=previous)
     except runner.Interrupted as exc:
         _finish_report(out_dir, args)
         print(f"bench: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if cluster.node_rank != 0:
+        console.print_results(outcome.records)
+        print(f"node {cluster.node_rank}: done; node 0 writes the results")
+        return EXIT_FAILED if outcome.failed else EXIT_OK
     report = _finish_report(out_dir, args)
     console.print_results(outcome.records)
     print(f"results: {outcome.results_path}")
@@ -158,8 +246,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.results import load_runs
 
     runs = load_runs(args.results)
+    if args.labels:
+        from bench.report import relabel
+
+        runs = relabel(runs, args.labels)
     path = write_report(runs, args.out, inline_plotlyjs=not args.link_plotlyjs)
     print(f"report: {path}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench import compare
+    from bench.results import load_runs
+
+    base, new = load_runs([args.base, args.new])
+    comparison = compare.compare_runs(base, new, args.fail_on, alpha=args.alpha, correction=args.correction,
+                                      min_samples=args.min_samples)
+    compare.print_comparison(comparison)
+    if args.markdown:
+        compare.write_markdown(comparison, args.markdown)
+    if args.json:
+        compare.write_json(comparison, args.json)
+    if args.html:
+        from bench.report import write_report
+
+        write_report([base, new], args.html, comparisons=[comparison])
+    compare.check_environment(comparison, strict=args.strict_env)
+    return EXIT_FAILED if comparison.regressions else EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from bench import history
+
+    found = history.load_history(args.results_dir)
+    for problem in found.skipped:
+        print(f"bench: warning: skipped {problem}", file=sys.stderr)
+    path = history.write_history(found, args.out, inline_plotlyjs=not args.link_plotlyjs)
+    print(f"history: {len(found.runs)} run(s), {len(found.series)} series, "
+          f"{sum(len(s.change_points) for s in found.series)} change point(s): {path}")
     return EXIT_OK
 
 

@@ -7,7 +7,14 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from bench.suite import Case, Suite
@@ -23,7 +30,7 @@ class ProgressObserver:
         self.enabled = enabled
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=_err, disable=not enabled, transient=True)
+                                 console=_err, disable=not (enabled and _err.is_terminal), transient=True)
         self.task: Any = None
 
     def __enter__(self) -> ProgressObserver:
@@ -70,10 +77,12 @@ def print_results(records: list[dict[str, Any]]) -> None:
         thr = m.get("throughput") or {}
         ci = thr.get("ci95")
         rel = thr.get("ci_rel_half_width")
-        ci_text = f"±{rel:.1%}" if isinstance(rel, float) else "-"
-        if ci and r["status"] == "ok":
-            ci_text = f"{ci[0]:.1f}–{ci[1]:.1f} ({ci_text})"
+        ci_text = f"±{rel:.1%}" if isinstance(rel, float) and ci else "-"
         step = m.get("step_time_ms") or {}
         table.add_row(r["id"], f"[{_STYLE[r['status']]}]{r['status']}[/]", _num(thr.get("median"), ".1f"), ci_text,
                       _num(step.get("p50"), ".2f"), _num(step.get("p95"), ".2f"), _num(m.get("peak_rss_mb"), ".0f"))
-    Console().print(table)
+    # Not a terminal (CI logs, pipes): rich would wrap at 80 columns; case ids deserve more.
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)
+    out.print(table)

@@ -117,9 +117,8 @@ def _signalled_rank(log_path: Path) -> str | None:
         text = log_path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    match = None
-    for match in _ROOT_CAUSE.finditer(text):
-        pass
+    matches = list(_ROOT_CAUSE.finditer(text))
+    match = matches[-1] if matches else None  # the summary comes last in the log
     if match is None or int(match.group(2)) >= 0:
         return None
     code = int(match.group(2))

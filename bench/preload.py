@@ -6,9 +6,9 @@ torch._dynamo is here because constructing any torch.optim optimizer imports it 
 a 2-core machine): without it, every case would pay that inside its build time.
 """
 
-import torch  # noqa: F401
-import torch._dynamo  # noqa: F401
-import torch.profiler  # noqa: F401
+import torch
+import torch._dynamo
+import torch.profiler
 import torch.utils.flop_counter  # noqa: F401
 import torchvision  # noqa: F401
 

@@ -40,6 +40,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    @property
+    def plural(self) -> str:
+        return self.kind + ("es" if self.kind.endswith("s") else "s")
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -73,6 +73,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
+def write_output(path: Path, text: str) -> Path:
+    """Write an output file a user named (a report, a summary) atomically, creating its folder;
+    a failure is an OutputError naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path
+
+
 def prepare_output(out_dir: Path) -> Path:
     """Create the output folder and prove it is writable before any case runs."""
     try:
@@ -166,7 +177,10 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     except UnicodeDecodeError as exc:
         raise ResultsError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        hint = " (truncated?)" if exc.pos >= len(text.rstrip()) else ""
+        # A file cut off mid-write (a killed writer without our atomic rename, a partial copy)
+        # usually fails at its very end or no longer ends with the closing brace.
+        stripped = text.rstrip()
+        hint = " (the file looks truncated)" if exc.pos >= len(stripped) - 1 or not stripped.endswith("}") else ""
         raise ResultsError(f"{file}: line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}{hint}") from None
     except ValueError as exc:
         raise ResultsError(f"{file}: {exc}") from None

@@ -10,8 +10,8 @@ would import torch again (about 1.5 s here).
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import multiprocessing.connection
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import psutil
 
 from bench import environment
+from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
 from bench.measure import step_time_summary, thin, throughput_summary
 from bench.results import ResultsWriter, now, prepare_output
@@ -227,12 +228,16 @@ def _run_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_p
 
 def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[str] | None = None,
               only: str | None = None, observer: Observer | None = None, cluster: Cluster | None = None,
+              previous: dict[str, Any] | None = None,
               after_case: Callable[[ResultsWriter], None] | None = None) -> RunOutcome:
     """Run every case of ``suite`` in isolation and write ``out_dir/results.json`` after each.
 
     Raises ``Interrupted`` on KeyboardInterrupt (the CLI maps SIGTERM to it too), after killing
     the running case's processes and saving what finished. On a node other than node 0 of a
-    multi-node run, ddp cases run their share of ranks and nothing is written."""
+    multi-node run, ddp cases run their share of ranks and nothing is written.
+
+    ``previous`` is the document of an interrupted run in ``out_dir`` (``--resume``): its
+    finished cases are kept as they are and not run again."""
     obs = observer or _Silent()
     cluster = cluster or Cluster()
     if cluster.node_rank != 0:
@@ -242,17 +247,31 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     logs.mkdir(exist_ok=True)
     launcher = CaseLauncher()
     env = environment.fingerprint(launcher.probe())
-    writer = ResultsWriter(
-        out_dir,
-        suite={"name": suite.name, "path": suite.path, "source": suite.source},
-        environment=env,
-        run={"argv": argv, "overrides": list(overrides or []), "only": only,
-             "nnodes": cluster.nnodes},
-    )
-    outcome = RunOutcome(out_dir=out_dir, results_path=writer.path)
+    done: list[dict[str, Any]] = []
+    run_info: dict[str, Any] = {"argv": argv, "overrides": list(overrides or []), "only": only,
+                                "nnodes": cluster.nnodes}
+    if previous is not None:
+        if previous["suite"]["name"] != suite.name:
+            raise UsageError(f"{out_dir}: holds a run of suite {previous['suite']['name']!r}, not {suite.name!r}")
+        wanted = {c.id for c in suite.cases}
+        done = [c for c in previous["cases"] if c["id"] in wanted]
+        run_info["resumed"] = [*previous["run"].get("resumed", []), now()]
+        run_info["started"] = previous["run"]["started"]
+        # The fingerprint of the first session stays; a resume on another machine would mix
+        # numbers from two machines, so say so on the cases run now.
+        if _machine(previous["environment"]) != _machine(env):
+            run_info["resumed_on_other_machine"] = True
+        env = previous["environment"]
+    writer = ResultsWriter(out_dir, suite={"name": suite.name, "path": suite.path, "source": suite.source},
+                           environment=env, run=run_info, cases=done)
+    outcome = RunOutcome(out_dir=out_dir, results_path=writer.path, records=list(done))
+    finished = {c["id"] for c in done}
     obs.suite_started(suite, out_dir)
     try:
         for case in suite.cases:
+            if case.id in finished:
+                obs.case_finished(case, next(c for c in done if c["id"] == case.id))
+                continue
             obs.case_started(case)
             log_path = logs / f"{case.id}.log"
             started, t0 = now(), time.monotonic()
@@ -271,9 +290,28 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     except KeyboardInterrupt:
         writer.finish("interrupted", {"scaling": analyze(outcome.records)})
         raise Interrupted(f"interrupted: {len(outcome.records)} of {len(suite.cases)} cases finished "
-                          f"and saved in {writer.path}") from None
+                          f"and saved in {writer.path}; continue with: bench run --resume {out_dir}") from None
+    finally:
+        _stop_forkserver()
     writer.finish("complete", {"scaling": analyze(outcome.records)})
     return outcome
+
+
+def _stop_forkserver() -> None:
+    """The forkserver would exit on its own once this process ends; stopping it here means a
+    finished or interrupted run leaves no process behind even while the caller goes on."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # CPython's own (private) shutdown
+    if stop is not None:
+        try:
+            stop()
+        except OSError:
+            pass
+
+
+def _machine(env: dict[str, Any]) -> tuple[Any, ...]:
+    return (env.get("hostname"), env.get("cpu_model"), env.get("torch"), [g.get("name") for g in env.get("gpus") or []])
 
 
 def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:

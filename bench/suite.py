@@ -13,7 +13,7 @@ import fnmatch
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,9 +30,10 @@ from pydantic import (
     model_validator,
 )
 
+from bench.collectors.config import ProfilerConfig, Profiles
 from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
 from bench.errors import SuiteError
-from bench.models import MODELS, TORCHVISION_PREFIX, TORCHVISION_INPUT, check_import_path, torchvision_names
+from bench.models import MODELS, TORCHVISION_INPUT, TORCHVISION_PREFIX, check_import_path, torchvision_names
 from bench.registry import Registry
 
 MAX_CASES = 100_000
@@ -75,8 +76,8 @@ class ModelConfig(BaseModel):
     import_path: str | None = Field(None, alias="import", description="'pkg.module:factory' returning an nn.Module")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model")
     input_shape: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
-        None, min_length=1, description="shape of one sample, without the batch dimension")
-    num_classes: int = Field(10, gt=0, description="size of the output layer")
+        default=None, min_length=1, description="shape of one sample, without the batch dimension")
+    num_classes: int = Field(strict=True, default=10, gt=0, description="size of the output layer")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -154,12 +155,12 @@ class DataConfig(BaseModel):
 
     model_config = _STRICT
     name: Literal["synthetic", "loader"]
-    size: int = Field(1024, gt=0, description="loader: samples in the FakeData set")
+    size: int = Field(strict=True, default=1024, gt=0, description="loader: samples in the FakeData set")
     transforms: tuple[Annotated[TransformConfig, BeforeValidator(_named)], ...] = ()
-    num_workers: int = Field(0, ge=0, le=64)
+    num_workers: int = Field(strict=True, default=0, ge=0, le=64)
     pin_memory: bool = False
     persistent_workers: bool = True
-    prefetch_factor: int | None = Field(None, gt=0)
+    prefetch_factor: int | None = Field(strict=True, default=None, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -186,12 +187,12 @@ class MeasureConfig(BaseModel):
     """How long and how precisely to time a case."""
 
     model_config = _STRICT
-    warmup_steps: int = Field(10, ge=0, le=1_000_000, description="untimed steps before measuring")
-    min_time: float = Field(1.0, gt=0, description="seconds measured at least")
-    max_time: float = Field(10.0, gt=0, description="seconds measured at most")
-    target_ci: float = Field(0.01, gt=0, lt=1, description="stop once the 95% CI half-width is this fraction of the median")
-    window_time: float = Field(0.1, gt=0, description="seconds per timing window (steps are timed in windows)")
-    min_windows: int = Field(10, ge=3, le=100_000, description="windows measured at least")
+    warmup_steps: int = Field(strict=True, default=10, ge=0, le=1_000_000, description="untimed steps before measuring")
+    min_time: float = Field(strict=True, default=1.0, gt=0, description="seconds measured at least")
+    max_time: float = Field(strict=True, default=10.0, gt=0, description="seconds measured at most")
+    target_ci: float = Field(strict=True, default=0.01, gt=0, lt=1, description="stop once the 95% CI half-width is this fraction of the median")
+    window_time: float = Field(strict=True, default=0.1, gt=0, description="seconds per timing window (steps are timed in windows)")
+    min_windows: int = Field(strict=True, default=10, ge=3, le=100_000, description="windows measured at least")
 
     @model_validator(mode="after")
     def _check(self) -> MeasureConfig:
@@ -200,7 +201,9 @@ class MeasureConfig(BaseModel):
         return self
 
 
-Mode = Literal["cpu", "cuda"]
+# cpu/cuda: one process, one device. dp: torch.nn.DataParallel over world_size GPUs in one process.
+# ddp: DistributedDataParallel with world_size ranks launched by torch.distributed.run.
+Mode = Literal["cpu", "cuda", "dp", "ddp"]
 
 
 class CaseParams(BaseModel):
@@ -214,22 +217,58 @@ class CaseParams(BaseModel):
     loss: Annotated[str, _in(LOSSES)] = "cross_entropy"
     data: DataConfig = DataConfig(name="synthetic")
     mode: Mode = "cpu"
-    world_size: int = Field(1, ge=1, le=1024)
-    device: str | None = Field(None, pattern=r"^(cpu|cuda(:\d+)?)$")
-    batch_size: int = Field(64, gt=0, le=1_000_000)
-    lr: float = Field(0.01, gt=0, allow_inf_nan=False)
-    threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads; default: all cores")
+    world_size: int = Field(strict=True, default=1, ge=1, le=1024)
+    device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)$")
+    batch_size: int = Field(strict=True, default=64, gt=0, le=1_000_000)
+    lr: float = Field(strict=True, default=0.01, gt=0, allow_inf_nan=False)
+    threads: int | None = Field(strict=True, default=None, ge=1, le=1024, description="torch intra-op threads; default: all cores")
     seed: int = 0
+    repeats: int = Field(strict=True, default=1, ge=1, le=100, description="processes per case; their windows are pooled, so a "
+                                                      "process-level effect (memory layout, clocks) shows in the CI")
     measure: MeasureConfig = MeasureConfig()
-    timeout: float = Field(300.0, gt=0, allow_inf_nan=False, description="seconds a case may take in all")
+    timeout: float = Field(strict=True, default=300.0, gt=0, allow_inf_nan=False, description="seconds a case may take in all")
+    profile: Profiles = Field((), description="profilers to run: none, torch, pyspy or a list")
+    profiler: ProfilerConfig = ProfilerConfig()
+    nvml_interval: float = Field(strict=True, default=0.2, ge=0.01, le=60, allow_inf_nan=False,
+                                 description="seconds between GPU telemetry samples (NVML)")
+    peak_flops: float | None = Field(strict=True, default=None, gt=0, allow_inf_nan=False,
+                                     description="peak FLOP/s of the device, for MFU; default: built-in GPU table")
+    scaling: Literal["weak", "strong"] = Field(
+        default="weak", description="weak: batch_size per rank, fixed; strong: batch_size is global, split across ranks")
+    backend: Literal["gloo", "nccl"] | None = Field(default=None, description="ddp: process-group backend (default: "
+                                                                     "nccl on GPUs, gloo on CPU)")
+    bucket_cap_mb: float | None = Field(strict=True, default=None, gt=0, description="ddp: gradient bucket size (torch default 25)")
+    gradient_as_bucket_view: bool = False
+    static_graph: bool = False
+    find_unused_parameters: bool = False
 
 
 FIELD_ORDER = tuple(CaseParams.model_fields)
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
-    name: TypeAdapter(Annotated[f.annotation, f])  # type: ignore[name-defined]
+    name: TypeAdapter(Annotated[f.annotation, f])
     for name, f in CaseParams.model_fields.items()
 }
 _REQUIRED = {name for name, f in CaseParams.model_fields.items() if f.is_required()}
+# Every default, made once: cases share these objects (they are frozen), which keeps expanding a
+# large matrix cheap (no per-case copies of default sub-models).
+_FIELD_DEFAULTS = {name: f.get_default(call_default_factory=True)
+                   for name, f in CaseParams.model_fields.items() if not f.is_required()}
+
+
+class _CanonicalCache:
+    """Canonical JSON of a field value, computed once per distinct object: a 10,000-case matrix
+    shares a handful of validated values per axis."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, int], tuple[Any, str]] = {}
+
+    def __call__(self, key: str, value: Any) -> str:
+        hit = self._memo.get((key, id(value)))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        text = _canonical(key, value)
+        self._memo[(key, id(value))] = (value, text)  # holding value keeps its id from being reused
+        return text
 
 
 def check_case(params: CaseParams) -> None:
@@ -243,6 +282,16 @@ def check_case(params: CaseParams) -> None:
         raise ValueError("device: 'cpu' does not fit mode 'cuda'")
     if params.world_size > 1 and params.mode in ("cpu", "cuda"):
         raise ValueError(f"world_size: {params.world_size} needs a parallel mode, not {params.mode!r}")
+    if params.mode == "dp" and params.device not in (None, "cuda"):
+        raise ValueError(f"device: DataParallel runs on GPUs 0..world_size-1; {params.device!r} does not fit")
+    if params.mode == "ddp":
+        if params.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"device: ddp takes 'cpu' or 'cuda' (each rank uses its own GPU), not {params.device!r}")
+        if params.backend == "nccl" and params.device == "cpu":
+            raise ValueError("backend: nccl needs CUDA devices; use gloo with device 'cpu'")
+    if params.scaling == "strong" and params.batch_size % params.world_size:
+        raise ValueError(f"batch_size: {params.batch_size} cannot be split evenly across world_size "
+                         f"{params.world_size} (scaling: strong)")
 
 
 @dataclass(frozen=True)
@@ -288,7 +337,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         try:
             duplicate = key in seen
         except TypeError:
@@ -319,7 +368,7 @@ def read_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError as exc:
         raise SuiteError(source, "", f"not UTF-8 text (byte {exc.start})") from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
@@ -356,15 +405,34 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg
 
 
+def _unknown_parameter(key: str) -> str:
+    return f"unknown parameter {key!r} (choose from: {', '.join(FIELD_ORDER)})"
+
+
 def _validate_field(source: str, path: str, key: str, value: Any) -> Any:
     adapter = _ADAPTERS.get(key)
     if adapter is None:
-        raise SuiteError(source, path, f"unknown parameter {key!r} (choose from: {', '.join(FIELD_ORDER)})")
+        raise SuiteError(source, path, _unknown_parameter(key))
     try:
         return adapter.validate_python(value)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise SuiteError(source, _loc(path, err["loc"]), _message(err)) from None
+        raise SuiteError(source, _loc(path, _user_loc(value, err["loc"])), _message(err)) from None
+
+
+def _user_loc(value: Any, loc: Sequence[Any]) -> Sequence[Any]:
+    """Drop the ``name`` that the shorthand ``"sgd"`` -> ``{name: "sgd"}`` added, so the key path
+    points at what the user wrote (``matrix.optimizer[1]``, not ``matrix.optimizer[1].name``)."""
+    if not loc or loc[-1] != "name":
+        return loc
+    node = value
+    for part in loc[:-1]:
+        # Locations pydantic adds (validator names) are not in the user's value: skip them.
+        inside = (isinstance(node, Mapping) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if inside:
+            node = node[part]
+    return loc[:-1] if isinstance(node, str) else loc
 
 
 def _canonical(key: str, value: Any) -> str:
@@ -409,6 +477,8 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
 
     axes: dict[str, list[Any]] = {}
     for key, values in _mapping(source, "matrix", top.get("matrix") or {}).items():
+        if key not in _ADAPTERS:
+            raise SuiteError(source, f"matrix.{key}", _unknown_parameter(key))
         if not isinstance(values, list):
             raise SuiteError(source, f"matrix.{key}", f"must be a list of values, not {_kind(values)}")
         if not values:
@@ -442,6 +512,8 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
         raise SuiteError(source, "matrix", f"expands to {total + len(includes)} cases (limit {MAX_CASES})")
 
     combos = _expand(axes, excludes, includes)
+    if not combos:
+        raise SuiteError(source, "exclude", "removes every combination of the matrix, and no include adds a case")
     sets = _parse_overrides(source, overrides)
     cases = _build_cases(source, defaults, combos, sets)
     return Suite(name=name, path=source, cases=tuple(cases), source=top)
@@ -489,55 +561,72 @@ def _parse_overrides(source: str, overrides: Sequence[str]) -> list[tuple[str, l
             raise SuiteError(source, path, f"cannot parse value {raw!r}") from None
         field, *rest = key.split(".")
         if field not in _ADAPTERS:
-            raise SuiteError(source, path, f"unknown parameter {field!r} (choose from: {', '.join(FIELD_ORDER)})")
+            raise SuiteError(source, path, _unknown_parameter(field))
         parsed.append((field, rest, value))
     return parsed
 
 
+def _group_sets(sets: list[tuple[str, list[str], Any]]) -> dict[str, list[tuple[list[str], Any]]]:
+    grouped: dict[str, list[tuple[list[str], Any]]] = {}
+    for field, rest, value in sets:
+        grouped.setdefault(field, []).append((rest, value))
+    return grouped
+
+
 def _build_cases(source: str, defaults: dict[str, Any], combos: list[dict[str, Any]],
                  sets: list[tuple[str, list[str], Any]]) -> list[Case]:
-    merged_list: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    params_list: list[CaseParams] = []
+    seen: set[tuple[str, ...]] = set()
+    canon = _CanonicalCache()
+    grouped_sets = _group_sets(sets)
     for combo in combos:
         merged = {**defaults, **combo}
-        for field, rest, value in sets:
-            path = "--set " + ".".join([field, *rest])
-            if rest:
-                current = merged.get(field)
-                base = (_ADAPTERS[field].dump_python(current, mode="json", by_alias=True)
-                        if current is not None else {})
-                if not isinstance(base, dict):
-                    base = _named(base)
-                node = base = json.loads(json.dumps(base))
+        # All --set keys of one field are applied together and validated once, so that
+        # `--set measure.min_time=0.1 --set measure.max_time=0.5` never meets a half-applied state.
+        for field, edits in grouped_sets.items():
+            path = "--set " + ", ".join(".".join([field, *rest]) for rest, _ in edits)
+            value: Any = None
+            for rest, raw in edits:
+                if not rest:
+                    value = raw
+                    continue
+                if value is None:
+                    current = merged.get(field)
+                    value = (_ADAPTERS[field].dump_python(current, mode="json", by_alias=True)
+                             if current is not None else {})
+                    value = json.loads(json.dumps(_named(value) if not isinstance(value, dict) else value))
+                if not isinstance(value, dict):
+                    value = _named(value)
+                if not isinstance(value, dict):
+                    raise SuiteError(source, f"--set {field}",
+                                     f"is not a mapping ({_kind(value)}), so it has no key {rest[0]!r}")
+                node = value
                 for part in rest[:-1]:
                     node = node.setdefault(part, {})
-                node[rest[-1]] = value
-                merged[field] = _validate_field(source, path, field, base)
-            else:
-                merged[field] = _validate_field(source, path, field, value)
+                    if not isinstance(node, dict):
+                        raise SuiteError(source, path, f"{part!r} is not a mapping")
+                node[rest[-1]] = raw
+            # The error's own location adds the dotted rest of the key.
+            merged[field] = _validate_field(source, f"--set {field}", field, value)
         missing = _REQUIRED - set(merged)
         if missing:
             raise SuiteError(source, "defaults", f"'{sorted(missing)[0]}' is missing: set it in defaults, "
                                                  "matrix or include")
-        # Fields were validated one by one above, so the cheap constructor is enough here; the
-        # defaults are filled in by pydantic's field defaults.
-        params = CaseParams.model_construct(**merged)
-        key = json.dumps(dump_params(params), sort_keys=True)
+        # Fields were validated one by one above, so the cheap constructor is enough here.
+        params = CaseParams.model_construct(_fields_set=set(merged), **{**_FIELD_DEFAULTS, **merged})
+        key = tuple(canon(k, getattr(params, k)) for k in FIELD_ORDER)
         if key in seen:
             continue  # an include that repeats an existing combination
         seen.add(key)
-        merged_list.append(merged)
+        params_list.append(params)
+    ids = case_ids(params_list, canon)
+    for case_id, params in zip(ids, params_list, strict=True):
         try:
             check_case(params)
         except ValueError as exc:
-            raise SuiteError(source, f"case {_partial_label(merged)}", str(exc)) from None
-    params_list = [CaseParams.model_construct(**m) for m in merged_list]
-    ids = case_ids(params_list)
+            # The case id names the combination; the message names the parameter.
+            raise SuiteError(source, f"case {case_id}", str(exc)) from None
     return [Case(i, p) for i, p in zip(ids, params_list, strict=True)]
-
-
-def _partial_label(merged: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {_label(k, v)}" for k, v in merged.items()) + "}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,8 +659,8 @@ def _label(key: str, value: Any) -> str:
     if isinstance(value, BaseModel):
         dumped = value.model_dump(mode="json", exclude_defaults=True)
         return key + ("_" + _fmt(dumped) if dumped else "")
-    if value is None:
-        return f"{key}-none"
+    if value is None or value == ():
+        return ""  # an unset option (the default) adds nothing to the id
     return _fmt(value)
 
 
@@ -579,19 +668,28 @@ def _clean(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._,=+" else "_" for c in label)
 
 
-def case_ids(params_list: Sequence[CaseParams]) -> list[str]:
+def case_ids(params_list: Sequence[CaseParams], canon: Callable[[str, Any], str] | None = None) -> list[str]:
     """Readable ids from the parameters that vary across the suite, in a fixed order; a suffix
     keeps them unique where two labels happen to coincide."""
     if not params_list:
         return []
+    canon = canon or _CanonicalCache()
     varying = [k for k in FIELD_ORDER
-               if len({_canonical(k, getattr(p, k)) for p in params_list}) > 1]
+               if len({canon(k, getattr(p, k)) for p in params_list}) > 1]
     if not varying:
         varying = ["model"]
+    labels: dict[tuple[str, str], str] = {}
+
+    def label(k: str, value: Any) -> str:
+        c = canon(k, value)
+        if (k, c) not in labels:
+            labels[(k, c)] = _clean(_label(k, value))
+        return labels[(k, c)]
+
     ids: list[str] = []
     used: dict[str, int] = {}
     for p in params_list:
-        base = "-".join(_clean(_label(k, getattr(p, k))) for k in varying)
+        base = "-".join(part for k in varying if (part := label(k, getattr(p, k)))) or "case"
         n = used.get(base, 0) + 1
         used[base] = n
         ids.append(base if n == 1 else f"{base}-{n}")

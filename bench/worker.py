@@ -176,7 +176,7 @@ def measure_case(params: CaseParams, device: torch.device, payload: dict[str, An
     metrics["threads"] = threads
     metrics["build_s"] = build_s
     metrics["batch_per_process"] = batch
-    if device.type == "cuda":
+    if cuda_peaks is not None:
         metrics["cuda_peak_allocated_mb"], metrics["cuda_peak_reserved_mb"] = cuda_peaks
     if not metrics["throughput"]["ci_target_met"]:  # type: ignore[index]
         width = metrics["throughput"]["ci_rel_half_width"]  # type: ignore[index]

@@ -85,8 +85,14 @@ def _top_level_names(tree: ast.Module) -> set[str]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
         elif isinstance(node, (ast.If, ast.Try, ast.With)):
-            # Conditional definitions: accept names defined in any branch.
-            names.update(_top_level_names(ast.Module(body=list(ast.iter_child_nodes(node)), type_ignores=[])))
+            # Conditional definitions: accept names defined in any branch or except handler.
+            stmts: list[ast.stmt] = []
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.stmt):
+                    stmts.append(child)
+                elif isinstance(child, ast.ExceptHandler):
+                    stmts.extend(child.body)
+            names.update(_top_level_names(ast.Module(body=stmts, type_ignores=[])))
     return names
 
 

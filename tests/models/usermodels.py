@@ -1,0 +1,67 @@
+"""User models for the import-path tests: one that works, and one for each way a case can fail.
+
+Each factory is named in a suite as ``{import: "usermodels:NAME", input_shape: [3, 4, 4]}``; the
+folder is put on the path by ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class _Tiny(nn.Module):
+    def __init__(self, num_classes: int = 10, fail: str | None = None) -> None:
+        super().__init__()
+        self.fail = fail
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail == "raise":
+            print("user model: about to raise", flush=True)
+            raise RuntimeError("boom from a user model")
+        if self.fail == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        if self.fail == "sleep":
+            time.sleep(600)
+        if self.fail == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def tiny(num_classes: int = 10) -> nn.Module:
+    """A working model for 3x4x4 inputs."""
+    return _Tiny(num_classes)
+
+
+def raising(num_classes: int = 10) -> nn.Module:
+    """Raises RuntimeError in its first forward pass."""
+    return _Tiny(num_classes, fail="raise")
+
+
+def raising_at_build() -> nn.Module:
+    raise ValueError("cannot build this model")
+
+
+def out_of_memory(num_classes: int = 10) -> nn.Module:
+    """Raises torch.OutOfMemoryError, as a model too large for its GPU does."""
+    return _Tiny(num_classes, fail="oom")
+
+
+def killed(num_classes: int = 10) -> nn.Module:
+    """Its process dies of SIGKILL in the first forward pass (as under the kernel's OOM killer)."""
+    return _Tiny(num_classes, fail="sigkill")
+
+
+def sleeping(pid_file: str, num_classes: int = 10) -> nn.Module:
+    """Hangs in its first forward pass, after starting a grandchild process (as DataLoader workers
+    are) and writing both process ids to ``pid_file``, so a test can check that none is left."""
+    child = subprocess.Popen(["sleep", "600"])
+    Path(pid_file).write_text(f"{os.getpid()} {child.pid}\n", encoding="utf-8")
+    return _Tiny(num_classes, fail="sleep")
