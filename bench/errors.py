@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """Escape line breaks and other control characters: a message quotes user input (a key,
+    a file name) and must still print as exactly one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class BenchError(Exception):
     """Base of every error a user can cause; the CLI prints it as one line and exits 2."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class SuiteError(BenchError):

@@ -13,7 +13,7 @@ from bench import suite as suite_mod
 from bench.errors import SuiteError
 from bench.models import check_import_path
 
-BAD = SUITES / "bad"
+BAD = ROOT / "tests" / "data" / "bad" / "suites_core"  # the core classes; tests/test_bad_input.py has the rest
 
 
 def combos(s: suite_mod.Suite, *keys: str) -> list[tuple[Any, ...]]:
