@@ -50,11 +50,23 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename over the target: a reader (or a
     crash) sees the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); results and reports are meant to be shared and
+        # published, so give them the permissions any other new file would get.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -203,16 +215,66 @@ def validate_doc(doc: Any, source: str) -> None:
                            f"(this bench reads version {SCHEMA_VERSION})")
     import jsonschema
 
+    # jsonschema checks every element of every raw sample array one by one, which is most of
+    # the time for a large file (seconds for 1,000 cases). It sees a short prefix of each long
+    # array instead; _check_long_arrays checks the full arrays with plain loops.
     validator = jsonschema.Draft202012Validator(schema())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(_schema_view(doc)))
     if error is not None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
         raise ResultsError(f"{source}: {where or 'top level'}: {' '.join(error.message.split())[:300]}")
+    _check_long_arrays(doc, source)
     seen: set[str] = set()
     for i, case in enumerate(doc["cases"]):
         if case["id"] in seen:
             raise ResultsError(f"{source}: cases[{i}].id: duplicate case id {case['id']!r}")
         seen.add(case["id"])
+
+
+_PREFIX = 8
+# Raw sample arrays whose every element must be a positive (or non-negative) number.
+_POSITIVE = ("window_throughput", "window_s")
+_NON_NEGATIVE = ("step_time_ms",)
+
+
+def _schema_view(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _schema_view(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_schema_view(v) for v in node[:_PREFIX]] if len(node) > _PREFIX else [_schema_view(v) for v in node]
+    return node
+
+
+def _check_long_arrays(doc: dict[str, Any], source: str) -> None:
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(node, list) and len(node) > _PREFIX:
+            # The schema saw the first elements; the rest must be of the same kind.
+            kinds = {_kind(v) for v in node[:_PREFIX]}
+            for i in range(_PREFIX, len(node)):
+                if _kind(node[i]) not in kinds:
+                    raise ResultsError(f"{source}: {where}[{i}]: {node[i]!r} does not match the elements before it")
+                if isinstance(node[i], (dict, list)):
+                    walk(node[i], f"{where}[{i}]")
+
+    walk(doc, "")
+    for i, case in enumerate(doc["cases"]):
+        samples = case.get("samples") or {}
+        for key, positive in [(k, True) for k in _POSITIVE] + [(k, False) for k in _NON_NEGATIVE]:
+            for j, v in enumerate(samples.get(key) or []):
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or (v <= 0 if positive else v < 0):
+                    raise ResultsError(f"{source}: cases[{i}].samples.{key}[{j}]: {v!r} is not a "
+                                       f"{'positive' if positive else 'non-negative'} number")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:

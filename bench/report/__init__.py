@@ -1,85 +1,87 @@
 """HTML reports: one self-contained page (plotly.js inlined) built from one or more results files.
 
-Figures are made with plotly and placed into a jinja2 template with autoescaping, so every string
-from a suite, a results file or an error is shown as text, never interpreted as HTML."""
+Each view is a function of the loaded runs that returns plain data (``model.View``), or None when
+the results hold nothing for it; plotly makes the figures, and a jinja2 template with autoescaping
+lays out the page, so every string from a suite, a results file or an error is shown as text,
+never interpreted as HTML.
+
+Views, in page order: summary, throughput, step time, scaling, memory, GPU telemetry, profile,
+FLOPs, comparison (two or more runs)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from bench.errors import OutputError, UsageError
+from bench.report import comparison, performance, profile, resources, scaling, summary
+from bench.report.figures import CONFIG
+from bench.report.model import ComparisonLike, Context, View, ViewBuilder, case_rows, sort_text
 from bench.results import Run, atomic_write_text
 
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
+VIEWS: tuple[ViewBuilder, ...] = (
+    summary.build, performance.build_throughput, performance.build_step_time, scaling.build,
+    resources.build_memory, resources.build_telemetry, profile.build, resources.build_flops, comparison.build,
+)
 
 
-def _throughput_figure(runs: list[Run]) -> go.Figure | None:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for run in runs:
-        ok = [c for c in run.cases if c["status"] == "ok" and c.get("metrics")]
-        if not ok:
-            continue
-        med = [c["metrics"]["throughput"]["median"] for c in ok]
-        lo = [c["metrics"]["throughput"]["ci95"][0] for c in ok]
-        hi = [c["metrics"]["throughput"]["ci95"][1] for c in ok]
-        fig.add_trace(go.Bar(
-            name=run.label, x=[c["id"] for c in ok], y=med,
-            error_y={"type": "data", "symmetric": False,
-                     "array": [h - m for h, m in zip(hi, med, strict=True)],
-                     "arrayminus": [m - low for m, low in zip(med, lo, strict=True)]},
-            hovertemplate="%{x}<br>%{y:.4~s} samples/s<extra>" + run.label.replace("<", "&lt;") + "</extra>",
-        ))
-    if not fig.data:
-        return None
-    fig.update_layout(title="Throughput (median, 95% CI)", yaxis_title="samples/s", barmode="group",
-                      template="plotly_white", height=460, margin={"b": 160})
-    return fig
+def build_views(runs: Sequence[Run], *, html_dir: Path | None = None,
+                comparisons: Sequence[ComparisonLike] | None = None) -> list[View]:
+    """The views that have data, in page order. ``comparisons[i]`` compares ``runs[i + 1]`` with
+    ``runs[0]`` (objects with ``.rows`` as made by ``bench.compare.compare_runs``)."""
+    ctx = Context(list(runs), case_rows(list(runs)), html_dir,
+                  list(comparisons) if comparisons is not None else None)
+    return [view for build in VIEWS if (view := build(ctx)) is not None]
 
 
-def _rows(runs: list[Run]) -> list[dict[str, Any]]:
-    rows = []
-    for run in runs:
-        for case in run.cases:
-            m = case.get("metrics") or {}
-            thr = m.get("throughput") or {}
-            step = m.get("step_time_ms") or {}
-            p = case["params"]
-            rows.append({
-                "run": run.label, "id": case["id"], "status": case["status"], "error": case.get("error") or "",
-                "model": p["model"].get("name") or p["model"].get("import"),
-                "optimizer": p["optimizer"]["name"], "activation": p["activation"], "mode": p["mode"],
-                "batch_size": p["batch_size"],
-                "throughput": thr.get("median"), "ci": thr.get("ci95"), "ci_rel": thr.get("ci_rel_half_width"),
-                "p50": step.get("p50"), "p95": step.get("p95"), "rss": m.get("peak_rss_mb"),
-                "warnings": case.get("warnings") or [],
-            })
-    return rows
+def relabel(runs: Sequence[Run], labels: Sequence[str]) -> list[Run]:
+    """The runs under the names a user gave (``--label``), one per run, all different."""
+    if len(labels) != len(runs):
+        raise UsageError(f"--label: {len(labels)} label(s) for {len(runs)} results file(s); give one per file")
+    if len(set(labels)) < len(labels):
+        raise UsageError(f"--label: labels must differ (got {', '.join(labels)})")
+    return [dataclasses.replace(run, label=label) for run, label in zip(runs, labels, strict=True)]
 
 
-def render(runs: list[Run], *, inline_plotlyjs: bool = True) -> str:
+def plotly_cdn_url() -> str:
+    import plotly.offline
+
+    return f"https://cdn.plot.ly/plotly-{plotly.offline.get_plotlyjs_version()}.min.js"
+
+
+def render(runs: Sequence[Run], *, inline_plotlyjs: bool = True, html_dir: Path | None = None,
+           comparisons: Sequence[ComparisonLike] | None = None) -> str:
+    """The report page as a string. ``html_dir`` is the folder the page will be saved in, so that
+    links to traces and logs (named relative to each results folder) resolve from there; by
+    default the page is assumed to sit in each run's results folder."""
     import jinja2
     import plotly.offline
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("bench.report", "templates"),
-        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        autoescape=True,
         undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    figures = []
-    fig = _throughput_figure(runs)
-    if fig is not None:
-        figures.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True}))
-    plotlyjs = plotly.offline.get_plotlyjs() if inline_plotlyjs else None
+    env.filters["sort_text"] = sort_text
+    views = build_views(runs, html_dir=html_dir, comparisons=comparisons)
+    title = ", ".join(dict.fromkeys(run.doc["suite"]["name"] for run in runs))
     return env.get_template("report.html.j2").render(
-        runs=runs, rows=_rows(runs), figures=figures, plotlyjs=plotlyjs,
+        title=title, runs=runs, views=views, plotly_config=CONFIG,
+        plotlyjs=plotly.offline.get_plotlyjs() if inline_plotlyjs else None,
+        plotlyjs_url=None if inline_plotlyjs else plotly_cdn_url(),
     )
 
 
-def write_report(runs: list[Run], out: Path, *, inline_plotlyjs: bool = True) -> Path:
-    html = render(runs, inline_plotlyjs=inline_plotlyjs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, html)
+def write_report(runs: Sequence[Run], out: Path, *, inline_plotlyjs: bool = True,
+                 comparisons: Sequence[ComparisonLike] | None = None) -> Path:
+    """Render and write the page atomically: a failure leaves no file (or the previous one)."""
+    html = render(runs, inline_plotlyjs=inline_plotlyjs, html_dir=out.absolute().parent, comparisons=comparisons)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, html)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     return out

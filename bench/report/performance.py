@@ -1,0 +1,172 @@
+"""Throughput and step-time views: how fast each case trained and how steady each step was."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.report.figures import COLORWAY, THEME, bar_height, ci_errors, embed, esc, layout, rnd, rnd_all
+from bench.report.model import Block, CaseRow, Context, Note, View, axis_order, varying_axes
+
+THROUGHPUT_AXIS = "throughput (samples/s)"
+MAX_FACETS = 24  # more panels than this is a wall, not small multiples
+
+
+def _measured(ctx: Context) -> list[CaseRow]:
+    return [r for r in ctx.rows if r.status == "ok" and r.throughput is not None]
+
+
+def _series_key(r: CaseRow, axes: Sequence[str], multi_run: bool) -> str:
+    """A bar's label from several parameters; bare numbers get their name (``batch_size=64``)."""
+    parts = [r.run] if multi_run else []
+    for a in axes:
+        value = r.case["params"].get(a)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        parts.append(f"{a}={r.labels[a]}" if numeric else r.labels[a])
+    return " · ".join(parts)
+
+
+def build_throughput(ctx: Context) -> View | None:
+    rows = _measured(ctx)
+    if not rows:
+        return None
+    axes = varying_axes(rows)
+    view = View("throughput", "Throughput",
+                "Median samples per second with the 95% confidence interval as error bars, "
+                "grouped by each parameter the suite sweeps.")
+    if not axes:
+        view.blocks.append(embed(ctx, _bars(rows, None, [], ctx.multi_run, "Throughput per case")))
+        return view
+    for axis in axes:
+        rest = [a for a in axes if a != axis]
+        view.blocks.append(embed(ctx, _bars(rows, axis, rest, ctx.multi_run, f"Throughput by {esc(axis)}")))
+    if len(axes) >= 2:
+        view.blocks.append(_small_multiples(ctx, rows, axes))
+    return view
+
+
+def _bars(rows: list[CaseRow], axis: str | None, rest: list[str], multi_run: bool, title: str) -> Any:
+    """Horizontal grouped bars: one row per combination of the other parameters, one colour per
+    value of ``axis``, so the values of the swept parameter sit side by side."""
+    import plotly.graph_objects as go
+
+    if axis is None:
+        keys = [(r.id, r.run if multi_run else "") for r in rows]
+        groups = list(dict.fromkeys(k[1] for k in keys))
+    else:
+        keys = [(_series_key(r, rest, multi_run) or r.labels[axis], r.labels[axis]) for r in rows]
+        if len(set(keys)) < len(keys):  # labels coincide (an unusual parameter): fall back to case ids
+            keys = [(f"{r.run} · {r.id}" if multi_run else r.id, r.labels[axis]) for r in rows]
+        groups = axis_order(rows, axis)
+    categories = list(dict.fromkeys(k[0] for k in keys))
+    fig = go.Figure()
+    for group in groups:
+        members = [(k, r) for k, r in zip(keys, rows, strict=True) if k[1] == group]
+        if not members:
+            continue
+        thr = [t for _, r in members if (t := r.throughput)]  # every measured row has one
+        med = [t[0] for t in thr]
+        fig.add_bar(
+            name=esc(group) if group else "throughput", orientation="h",
+            y=[esc(k[0]) for k, _ in members], x=rnd_all(med),
+            error_x=ci_errors(med, [t[1] for t in thr], [t[2] for t in thr]),
+            customdata=[[rnd(t[1]), rnd(t[2])] for t in thr],
+            hovertemplate="%{y}<br>%{x:,.1f} samples/s<br>95% CI %{customdata[0]:,.1f} \u2013 "
+                          "%{customdata[1]:,.1f}<extra>%{fullData.name}</extra>",
+        )
+    n_groups = len(fig.data)
+    fig.update_layout(layout(
+        title, bar_height(len(categories), n_groups), barmode="group", showlegend=n_groups > 1,
+        legend_title_text=esc(axis) if axis else "run",
+        xaxis={"title": {"text": THROUGHPUT_AXIS}, "rangemode": "tozero"},
+        yaxis={"type": "category", "autorange": "reversed",
+               "categoryorder": "array", "categoryarray": [esc(c) for c in categories]},
+    ))
+    return fig
+
+
+def _small_multiples(ctx: Context, rows: list[CaseRow], axes: list[str]) -> Block:
+    """One panel per value of the first swept parameter, each with its own x scale (a ResNet and
+    an MLP differ by orders of magnitude), colour = the second parameter (or the run)."""
+    import pandas as pd
+    import plotly.express as px
+
+    facet = axes[0]
+    colour = "run" if ctx.multi_run else axes[1]
+    inner = [a for a in axes[1:] if a != colour]
+    facets = axis_order(rows, facet)
+    if len(facets) > MAX_FACETS:
+        return Note(f"{len(facets)} values of {facet}: too many for small multiples; see the charts above.")
+    data = []
+    for r in rows:
+        med, lo, hi = r.throughput or (0.0, 0.0, 0.0)
+        colour_label = r.run if colour == "run" else r.labels[colour]
+        data.append({"facet": esc(r.labels[facet]), "colour": esc(colour_label),
+                     "y": esc(_series_key(r, inner, False) or colour_label),
+                     "median": rnd(med), "plus": rnd(max(0.0, hi - med)), "minus": rnd(max(0.0, med - lo))})
+    df = pd.DataFrame(data)
+    wrap = min(3, len(facets))
+    n_rows = -(-len(facets) // wrap)
+    colours = df["colour"].nunique()
+    per_panel = max(df.groupby("facet")["y"].nunique()) if len(df) else 1
+    panel_height = bar_height(per_panel, colours, extra=60)
+    fig = px.bar(df, x="median", y="y", color="colour", facet_col="facet", facet_col_wrap=wrap,
+                 orientation="h", error_x="plus", error_x_minus="minus", barmode="group",
+                 color_discrete_sequence=COLORWAY, template=THEME, category_orders={"facet": [esc(f) for f in facets]},
+                 facet_row_spacing=min(0.08, 0.6 / n_rows), facet_col_spacing=0.12,
+                 labels={"median": THROUGHPUT_AXIS, "y": "", "colour": esc(colour), "facet": esc(facet)})
+    fig.update_traces(hovertemplate="%{y}<br>%{x:,.1f} samples/s<extra>%{fullData.name}</extra>")
+    fig.update_xaxes(matches=None, showticklabels=True, rangemode="tozero")
+    fig.update_yaxes(matches=None, showticklabels=True, autorange="reversed", title_text="")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1], font={"size": 13}))
+    # The legend goes to the right: above the panels it would collide with their titles.
+    fig.update_layout(layout(f"Throughput: small multiples by {esc(facet)}", min(20_000, 110 + n_rows * panel_height),
+                             legend={"title": {"text": esc(colour)}, "orientation": "v", "x": 1.02, "y": 1,
+                                     "xanchor": "left", "yanchor": "top"}))
+    return embed(ctx, fig, caption=f"One panel per {facet}; colour: {colour}. Each panel has its own scale.")
+
+
+def _box_stats(samples: Sequence[float]) -> dict[str, float] | None:
+    """Quartiles and Tukey fences, computed here so the page carries six numbers per case, not every
+    step time."""
+    import numpy as np
+
+    values = np.asarray([s for s in samples if s is not None], dtype=float)
+    if values.size == 0:
+        return None
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    iqr = q3 - q1
+    inside = values[(values >= q1 - 1.5 * iqr) & (values <= q3 + 1.5 * iqr)]
+    return {"q1": q1, "median": median, "q3": q3, "lowerfence": inside.min(), "upperfence": inside.max(),
+            "mean": values.mean(), "p95": float(np.percentile(values, 95)), "n": float(values.size)}
+
+
+def build_step_time(ctx: Context) -> View | None:
+    import plotly.graph_objects as go
+
+    stats = [(r, _box_stats(r.samples.get("step_time_ms") or [])) for r in ctx.rows]
+    present = [(r, s) for r, s in stats if s is not None]
+    if not present:
+        return None
+    categories = list(dict.fromkeys(r.id for r, _ in present))
+    runs = list(dict.fromkeys(r.run for r, _ in present))
+    fig = go.Figure()
+    for run in runs:
+        mine = [(r, s) for r, s in present if r.run == run]
+        fig.add_box(
+            name=esc(run) if ctx.multi_run else "step time", orientation="h", boxpoints=False,
+            y=[esc(r.id) for r, _ in mine],
+            **{k: rnd_all(s[k] for _, s in mine) for k in ("q1", "median", "q3", "lowerfence", "upperfence", "mean")},
+            customdata=[[rnd(s["p95"]), int(s["n"])] for _, s in mine],
+            hovertemplate="%{y}<br>median %{median:.2f} ms, p95 %{customdata[0]:.2f} ms<br>"
+                          "%{customdata[1]} samples<extra></extra>",
+        )
+    fig.update_layout(layout(
+        "Step time per case (box: quartiles; whiskers: 1.5 IQR)", bar_height(len(categories), len(runs)),
+        boxmode="group", showlegend=ctx.multi_run, xaxis={"title": {"text": "step time (ms)"}},
+        yaxis={"type": "category", "autorange": "reversed",
+               "categoryorder": "array", "categoryarray": [esc(c) for c in categories]},
+    ))
+    return View("step-time", "Step time", "The distribution of single training-step times from the raw samples "
+                "(where steps were timed per window, each sample is that window's mean step).",
+                [embed(ctx, fig)])

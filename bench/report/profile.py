@@ -1,0 +1,72 @@
+"""The Profile view: the operators that took the most time in each profiled case, and links to
+the traces and flame graphs the profilers saved next to the results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report.figures import bar_height, embed, esc, layout, rnd_all
+from bench.report.model import Block, CaseRow, Cell, Column, Context, Section, Table, View, as_float, num
+
+TOP_OPS = 15
+
+
+def _number(value: Any) -> float:
+    return as_float(value) or 0.0
+
+
+def _artifacts(r: CaseRow) -> list[tuple[str, str]]:
+    """(kind, path relative to the results folder) for every file a profiler named."""
+    found: list[tuple[str, str]] = []
+    torch_prof = r.collector("torch_profiler") or {}
+    for trace in torch_prof.get("traces") or []:
+        if isinstance(trace, str) and trace:
+            found.append(("torch profiler trace (open in Perfetto or chrome://tracing)", trace))
+    pyspy = r.collector("pyspy") or {}
+    for key, kind in (("flamegraph", "py-spy flame graph (SVG)"), ("speedscope", "py-spy profile (open in speedscope)")):
+        if isinstance(pyspy.get(key), str) and pyspy[key]:
+            found.append((kind, pyspy[key]))
+    return found
+
+
+def _top_ops(r: CaseRow) -> tuple[list[dict[str, Any]], str]:
+    """The top operators, ordered by self CUDA time where any was recorded, else self CPU time."""
+    ops = [op for op in (r.collector("torch_profiler") or {}).get("top_ops") or [] if isinstance(op, dict)]
+    key = "self_cuda_ms" if any(_number(op.get("self_cuda_ms")) > 0 for op in ops) else "self_cpu_ms"
+    return sorted(ops, key=lambda op: -_number(op.get(key)))[:TOP_OPS], key
+
+
+def build(ctx: Context) -> View | None:
+    import plotly.graph_objects as go
+
+    cases = [r for r in ctx.rows if _top_ops(r)[0] or _artifacts(r)]
+    if not cases:
+        return None
+    blocks: list[Block] = []
+    for i, r in enumerate(cases):
+        ops, key = _top_ops(r)
+        inner: list[Block] = []
+        if ops:
+            fig = go.Figure(go.Bar(
+                orientation="h", y=[esc(op.get("name", "?")) for op in ops], x=rnd_all(_number(op.get(key)) for op in ops),
+                marker_color="#0072B2", hovertemplate="%{y}<br>%{x:.3f} ms<extra></extra>"))
+            unit = "self CUDA time (ms)" if key == "self_cuda_ms" else "self CPU time (ms)"
+            fig.update_layout(layout(f"Top operators: {esc(r.id)}", bar_height(len(ops)),
+                                     xaxis={"title": {"text": unit}},
+                                     yaxis={"type": "category", "autorange": "reversed"}))
+            inner.append(embed(ctx, fig))
+            rows = [[Cell(str(op.get("name", "?"))), num(op.get("self_cpu_ms"), 3), num(op.get("self_cuda_ms"), 3),
+                     num(op.get("calls"), 0)] for op in ops]
+            inner.append(Table(ctx.new_id("table"), [Column("operator"), Column("self CPU (ms)", True),
+                                                     Column("self CUDA (ms)", True), Column("calls", True)], rows))
+        files = []
+        for kind, path in _artifacts(r):
+            href, exists = ctx.link(r.results_dir, path)
+            files.append([Cell(kind), Cell(path, href=href, cls="" if exists else "missing",
+                                           title="" if exists else "file not found when the report was built")])
+        if files:
+            inner.append(Table(ctx.new_id("table"), [Column("file"), Column("path")], files, caption="Saved files"))
+        title = f"{r.run} · {r.id}" if ctx.multi_run else r.id
+        blocks.append(Section(title, inner, open=i == 0))
+    return View("profile", "Profile", "The operators with the most self time in each profiled case, and the "
+                "traces and flame graphs saved with the results.", blocks)

@@ -1,0 +1,217 @@
+"""The report opened in a real headless Chromium (Debian's /usr/bin/chromium; never a downloaded
+browser), used as a person would: views visible, charts drawn, the table sorted by clicking and
+filtered by typing, hostile names shown as text, no request to any other host, no console error.
+Screenshots of every view are saved under each test's tmp_path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from test_report_synthetic import EVIL, make_doc, write_doc
+
+from bench.report import write_report
+from bench.results import load_run, load_runs
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM),
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+@dataclass
+class Opened:
+    page: Any
+    errors: list[str] = field(default_factory=list)
+    foreign_requests: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+    def views(self) -> list[str]:
+        keys: list[str] = self.page.eval_on_selector_all("section.view", "els => els.map(e => e.dataset.view)")
+        return keys
+
+    def screenshot_views(self, folder: Path) -> list[Path]:
+        shots = []
+        for key in self.views():
+            path = folder / f"view-{key}.png"
+            self.page.locator(f"#view-{key}").screenshot(path=str(path))
+            shots.append(path)
+        return shots
+
+
+@pytest.fixture
+def open_report(browser: Any) -> Iterator[Any]:
+    pages: list[Any] = []
+
+    def open_(path: Path) -> Opened:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        pages.append(page)
+        opened = Opened(page)
+        page.on("console", lambda m: opened.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: opened.errors.append(str(e)))
+        page.on("dialog", lambda d: (opened.dialogs.append(d.message), d.dismiss()))
+
+        def route(r: Any) -> None:
+            if r.request.url.startswith("file://"):
+                r.continue_()
+            else:  # anything else would fail offline: record it and refuse it
+                opened.foreign_requests.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+        page.goto(path.as_uri())
+        page.wait_for_selector("body[data-ready]", timeout=60_000)
+        return opened
+
+    yield open_
+    for page in pages:
+        page.close()
+
+
+def _plots_drawn(page: Any) -> int:
+    count: int = page.locator(".js-plotly-plot .main-svg").first.evaluate(
+        "_ => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('svg.main-svg')).length")
+    return count
+
+
+def test_a_real_run_report_shows_its_views_and_draws_every_chart(smoke_run: Any, open_report: Any,
+                                                                 tmp_path: Path) -> None:
+    report = write_report([load_run(smoke_run.out)], tmp_path / "report.html")
+    opened = open_report(report)
+    page = opened.page
+    assert opened.views() == ["summary", "throughput", "step-time", "memory", "flops"]
+    for key in opened.views():
+        assert page.locator(f"#view-{key} h2").is_visible()
+    expected = page.locator(".plot").count()
+    assert expected == 6  # throughput by model, by optimizer, small multiples; step time; memory; FLOPs
+    assert _plots_drawn(page) == expected
+    assert page.locator("#view-throughput .js-plotly-plot g.trace.bars").count() >= 2
+    assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert len(opened.screenshot_views(tmp_path)) == 5
+
+
+def test_the_results_table_sorts_by_clicking_and_filters_by_typing(smoke_run: Any, open_report: Any,
+                                                                   tmp_path: Path) -> None:
+    report = write_report([load_run(smoke_run.out)], tmp_path / "report.html")
+    page = open_report(report).page
+    table = page.locator("table#results")
+
+    def column(title: str) -> list[str]:
+        index = [t.strip() for t in table.locator("thead th button").all_inner_texts()].index(title)
+        return [c.strip() for c in table.locator(f"tbody tr:visible td:nth-child({index + 1})").all_inner_texts()]
+
+    def numbers(title: str) -> list[float]:
+        return [float(v.replace(",", "")) for v in column(title)]
+
+    table.get_by_role("button", name="throughput (samples/s)", exact=True).click()
+    ascending = numbers("throughput (samples/s)")
+    assert ascending == sorted(ascending) and len(ascending) == 4
+    table.get_by_role("button", name="throughput (samples/s)", exact=True).click()
+    assert numbers("throughput (samples/s)") == sorted(ascending, reverse=True)
+    assert table.locator("th", has_text="throughput").get_attribute("aria-sort") == "descending"
+    table.get_by_role("button", name="case", exact=True).click()
+    assert column("case") == ["cnn-adam", "cnn-sgd", "mlp-adam", "mlp-sgd"]
+
+    page.get_by_placeholder("Filter rows").fill("adam")
+    assert column("case") == ["cnn-adam", "mlp-adam"]
+    assert page.locator("[data-count-for=results]").inner_text() == "2 of 4 rows"
+    page.get_by_placeholder("Filter rows").fill("mlp adam")
+    assert column("case") == ["mlp-adam"]
+    page.get_by_placeholder("Filter rows").fill("")
+    assert len(column("case")) == 4
+
+
+def test_hostile_names_show_as_text_and_run_nothing(open_report: Any, tmp_path: Path) -> None:
+    report = write_report([load_run(write_doc(tmp_path / "evil", make_doc(6, evil=True)))], tmp_path / "evil.html")
+    opened = open_report(report)
+    page = opened.page
+    page.wait_for_timeout(300)  # an onerror handler would have fired by now
+    assert opened.dialogs == []
+    assert page.locator("img").count() == 0
+    assert EVIL in page.locator("h1").inner_text()
+    assert page.locator("table#results td", has_text=EVIL).first.is_visible()
+    assert page.locator("td", has_text=EVIL).count() >= 2  # the case id and the failed case's reason
+    # Plotly draws labels as SVG text: the name is there, as text.
+    assert page.locator("#view-throughput svg text", has_text=EVIL).count() >= 1
+    assert opened.errors == [] and opened.foreign_requests == []
+
+
+def test_a_gpu_report_over_two_runs_shows_every_view_switches_cases_and_colours_verdicts(
+        open_report: Any, tmp_path: Path) -> None:
+    base = write_doc(tmp_path / "base", make_doc(12))
+    new = write_doc(tmp_path / "new", make_doc(12, speed=0.85, seed=1))
+    runs = load_runs([base, new])
+    ids = [c["id"] for c in runs[0].cases[:9]]
+    rows = [SimpleNamespace(case_id=i, metric="throughput", base=100.0, new=100.0 * (1 + ch), change=ch,
+                            ci95=(ch - 0.02, ch + 0.02), p_value=0.01, verdict=v, message=f"{v} by the rule -5%")
+            for i, (ch, v) in zip(ids, [(-0.15, "regression"), (0.08, "improvement"), (0.01, "unchanged"),
+                                        (-0.04, "inconclusive")] * 3, strict=False)]
+    report = write_report(runs, tmp_path / "site" / "report.html",
+                          comparisons=[SimpleNamespace(new_label="new", rows=rows)])
+    opened = open_report(report)
+    page = opened.page
+    assert opened.views() == ["summary", "throughput", "step-time", "scaling", "memory", "gpu", "profile", "flops",
+                              "comparison"]
+    # Every chart outside a closed section is drawn; the profile's first case is open.
+    visible = page.locator(".plot").evaluate_all("els => els.filter(e => !e.closest('details:not([open])')).length")
+    assert _plots_drawn(page) == visible
+    # The telemetry switcher redraws the chart for the chosen case, with the measured window marked.
+    gpu = page.locator("#view-gpu")
+    assert ids[0] in (gpu.locator(".gtitle").text_content() or "")
+    gpu.locator("select").select_option(index=3)
+    page.wait_for_function("id => document.querySelector('#view-gpu .gtitle').textContent.includes(id)",
+                           arg=runs[0].cases[3]["id"])
+    assert gpu.locator(".shapelayer path").count() >= 1  # the measured windows' band
+    # Verdicts colour the comparison table.
+    comparison = page.locator("#view-comparison")
+    assert comparison.locator("td.verdict-regression").first.inner_text() == "-15.0% regression"
+    colour = comparison.locator("td.verdict-regression").first.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert colour == "rgb(253, 226, 225)"
+    assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    opened.screenshot_views(tmp_path)
+
+
+def test_a_report_that_links_plotlyjs_says_so_offline_instead_of_failing_silently(
+        open_report: Any, tmp_path: Path) -> None:
+    report = write_report([load_run(write_doc(tmp_path / "run", make_doc(4)))], tmp_path / "r.html",
+                          inline_plotlyjs=False)
+    opened = open_report(report)
+    assert len(opened.foreign_requests) == 1 and opened.foreign_requests[0].startswith("https://cdn.plot.ly/")
+    assert opened.page.locator(".plot-missing").first.inner_text() == (
+        "plotly.js could not be loaded, so this chart is not shown.")
+    # The tables still work without plotly.js.
+    assert opened.page.locator("table#results tbody tr").count() == 4
+    assert json.loads(opened.page.locator("body").evaluate("b => JSON.stringify(b.dataset)"))["ready"] == "1"
+
+
+def test_a_chart_of_hundreds_of_cases_comes_folded_and_draws_when_opened(open_report: Any, tmp_path: Path) -> None:
+    run = load_run(write_doc(tmp_path / "many", make_doc(240, gpu=False, n_samples=20, scaling=False, profile=False)))
+    opened = open_report(write_report([run], tmp_path / "many.html"))
+    page = opened.page
+    folded = page.locator("#view-step-time details.section")
+    assert folded.locator("summary").inner_text() == (
+        "Step time per case (box: quartiles; whiskers: 1.5 IQR) (a tall chart: open to draw it)")
+    assert folded.locator(".js-plotly-plot").count() == 0
+    folded.locator("summary").click()
+    page.wait_for_selector("#view-step-time .js-plotly-plot svg.main-svg")
+    assert page.locator("#view-step-time g.trace.boxes path.box").count() == 238  # the ok cases
+    assert opened.errors == [] and opened.foreign_requests == []
