@@ -1,0 +1,144 @@
+"""`bench history`: change points on known series, runs ordered by time and split by environment,
+and the trend page, checked as a user runs the command and in a real browser."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import bench
+
+from bench.history import commit_label, detect_change_points, load_history
+
+DATA = Path(__file__).parent / "data" / "compare"
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([1000.0] * 12, []),                                               # flat
+    ([1000.0] * 6 + [900.0] * 6, [6]),                                 # a 10% step
+    ([1000.0] * 5 + [700.0] + [1000.0] * 6, []),                       # one odd run is an outlier
+    ([1000.0, 1000.0, 1000.0], []),                                    # too short for two levels
+    ([1000.0] * 5 + [900.0] * 5 + [1000.0] * 5, [5, 10]),              # a regression, then its fix
+])
+def test_change_points_mark_where_a_new_level_starts(values: list[float], expected: list[int]) -> None:
+    assert detect_change_points(values) == expected
+
+
+def test_change_points_find_a_ten_percent_step_in_two_percent_noise_and_nothing_in_pure_noise() -> None:
+    rng = np.random.default_rng(0)
+    found = [detect_change_points(list(1000 * np.exp(rng.normal(0, 0.02, 20)) * ([1.0] * 10 + [0.9] * 10)))
+             for _ in range(30)]
+    assert sum(10 in f or 9 in f or 11 in f for f in found) >= 29
+    quiet = [detect_change_points(list(1000 * np.exp(rng.normal(0, 0.02, 20)))) for _ in range(30)]
+    assert sum(bool(q) for q in quiet) <= 3
+
+
+def _scaled(doc: dict[str, Any], factor: float, time: str, commit: str, **env: Any) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    out["environment"].update(time=time, git={"commit": commit * 8, "dirty": False}, **env)
+    for case in out["cases"]:
+        case["samples"]["window_throughput"] = [v * factor for v in case["samples"]["window_throughput"]]
+        thr = case["metrics"]["throughput"]
+        thr["median"] *= factor
+        thr["ci95"] = [v * factor for v in thr["ci95"]]
+    return out
+
+
+@pytest.fixture
+def history_dir(tmp_path: Path) -> Path:
+    """Ten runs on one machine with a 15% drop from the sixth (folders named out of time order),
+    two runs on another CPU, and one broken file."""
+    base = json.loads((DATA / "base.json").read_text())
+    root = tmp_path / "history"
+    for i in range(10):
+        doc = _scaled(base, 1.0 if i < 5 else 0.85, f"2026-01-{i + 10:02d}T12:00:00+00:00", f"c{i}")
+        folder = root / f"run-{9 - i}"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(doc))
+    for i in range(2):
+        doc = _scaled(base, 2.0, f"2026-01-{i + 12:02d}T13:00:00+00:00", f"d{i}", cpu_model="AMD EPYC 9654")
+        doc["cases"][0]["id"] = EVIL if i == 0 else doc["cases"][0]["id"]
+        (root / "other-cpu" / str(i)).mkdir(parents=True)
+        (root / "other-cpu" / str(i) / "results.json").write_text(json.dumps(doc))
+    (root / "broken").mkdir()
+    shutil.copy(DATA / "truncated.json", root / "broken" / "results.json")
+    return root
+
+
+def test_history_orders_runs_by_time_and_splits_series_by_environment(history_dir: Path) -> None:
+    found = load_history(history_dir)
+    assert len(found.runs) == 12
+    assert len(found.skipped) == 1 and "broken/results.json: line 299" in found.skipped[0]
+    same_machine = [s for s in found.series if "Intel" in s.fingerprint]
+    other = [s for s in found.series if "AMD EPYC 9654" in s.fingerprint]
+    assert sorted(s.case_id for s in same_machine) == ["adam", "sgd"]
+    assert sorted(s.case_id for s in other) == sorted([EVIL, "adam", "sgd"])
+    sgd = next(s for s in same_machine if s.case_id == "sgd")
+    assert [p.commit for p in sgd.points] == [f"c{i}" * 5 for i in range(10)]
+    assert [p.run_label for p in sgd.points] == [f"run-{9 - i}" for i in range(10)]
+    assert [c.index for c in sgd.change_points] == [5]
+    assert sgd.change_points[0].change == pytest.approx(-0.15)
+    assert all(not s.change_points for s in other)
+
+
+def test_commit_label_is_short_and_marks_local_changes() -> None:
+    from bench.results import Run
+
+    def run(git: Any) -> Run:
+        return Run(Path("x"), "x", {"environment": {"git": git}})
+
+    assert commit_label(run({"commit": "0123456789abcdef", "dirty": True})) == "0123456789+dirty"
+    assert commit_label(run(None)) == "-"
+
+
+def test_history_cli_writes_a_page_and_reports_what_it_found(history_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "trend.html"
+    proc = bench("history", history_dir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"history: 12 run(s), 5 series, 2 change point(s): {out}"
+    assert proc.stderr.startswith("bench: warning: skipped ") and "broken/results.json" in proc.stderr
+    page = out.read_text()
+    assert EVIL not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count('class="fig"') == 3  # one figure per case id
+
+
+def test_history_of_a_folder_without_results_exits_two(tmp_path: Path) -> None:
+    proc = bench("history", tmp_path, "--out", tmp_path / "t.html")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"bench: {tmp_path}: no results.json found under this folder"
+
+
+@pytest.mark.browser
+def test_trend_page_draws_every_figure_in_a_browser_and_shows_names_as_text(history_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH")
+    out = tmp_path / "trend.html"
+    assert bench("history", history_dir, "--out", out).returncode == 0
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(out.as_uri())
+        page.wait_for_selector(".fig .main-svg")
+        assert page.locator(".js-plotly-plot").count() == 3
+        assert page.locator("td", has_text=EVIL).count() == 1
+        titles = page.locator(".gtitle").all_text_contents()
+        assert EVIL in titles
+        markers = page.evaluate("Array.from(document.querySelectorAll('.js-plotly-plot')).map("
+                                "d => d.data.filter(t => t.name === 'change point').length)")
+        assert sorted(markers) == [0, 1, 1]
+        browser.close()
+    assert errors == [] and dialogs == []
