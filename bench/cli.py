@@ -250,9 +250,26 @@ def cmd_report(args: argparse.Namespace) -> int:
         from bench.report import relabel
 
         runs = relabel(runs, args.labels)
-    path = write_report(runs, args.out, inline_plotlyjs=not args.link_plotlyjs)
+    comparisons = _comparisons(runs)
+    path = write_report(runs, args.out, inline_plotlyjs=not args.link_plotlyjs, comparisons=comparisons)
     print(f"report: {path}")
     return EXIT_OK
+
+
+def _comparisons(runs: list[Any]) -> list[Any] | None:
+    """Verdicts of every later run against the first (the baseline), for the report's comparison
+    view; runs that share no case with the baseline are shown without verdicts."""
+    if len(runs) < 2:
+        return None
+    from bench import compare
+
+    found = []
+    for run in runs[1:]:
+        try:
+            found.append(compare.compare_runs(runs[0], run))
+        except UsageError:
+            continue
+    return found or None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -89,3 +89,15 @@ def test_a_truncated_results_file_says_it_may_be_truncated(run_bench: Any, tmp_p
     result = run_bench("report", bad, "--out", tmp_path / "r.html")
     assert result.returncode == 2
     assert "truncated" in result.stderr
+
+
+def test_report_over_two_runs_colours_the_comparison_by_the_statistical_verdict(
+        run_bench: Any, tmp_path: Path) -> None:
+    # Committed real runs: 'slower' is a planted ~10% slowdown of 'sgd' against 'base'.
+    data = Path(__file__).parent / "data" / "compare"
+    out = tmp_path / "r.html"
+    result = run_bench("report", data / "base.json", data / "slower.json", "--out", out)
+    assert result.returncode == 0, result.stderr
+    html = out.read_text()
+    assert "-11.3% regression" in html
+    assert "-3.5% inconclusive" in html  # 'adam' moved less than its interval can tell
