@@ -80,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="compare two runs; exit 1 on a regression (for CI)",
-                       description="Compare two results files case by case: ratio of medians with a 95%% bootstrap "
+                       description="Compare two results files case by case: ratio of medians with a 95% bootstrap "
                                    "CI, Mann-Whitney U corrected for many cases, and a verdict per rule. "
                                    "Exit 0: no regression, 1: regression, 2: bad input or --strict-env mismatch.")
     p.add_argument("base", type=Path, help="baseline results.json (or a folder holding one)")
     p.add_argument("new", type=Path, help="new results.json (or a folder holding one)")
-    p.add_argument("--fail-on", dest="fail_on", action="append", default=[], metavar="METRIC:±N%%",
+    p.add_argument("--fail-on", dest="fail_on", action="append", default=[], metavar="METRIC:±N%",
                    help="fail when METRIC changes by N%% or more that way, e.g. throughput:-5%% (the default) "
                         "or peak_rss_mb:+10%%; repeatable; replaces the default for the same metric")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level after correction (default 0.05)")
