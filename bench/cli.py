@@ -202,10 +202,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.suite:
         raise UsageError("run: give a suite file (or --resume DIR)")
     suite = suite_mod.load(args.suite, args.overrides).select(args.only)
-    out_dir: Path = args.resume or args.out or _default_out(suite.name)
-    from bench.results import prepare_output
+    # A node other than node 0 writes nothing, so it gets no default folder either.
+    out_dir: Path = args.resume or args.out or (_default_out(suite.name) if cluster.node_rank == 0 else Path("."))
+    if cluster.node_rank == 0:  # only node 0 writes results
+        from bench.results import prepare_output
 
-    prepare_output(out_dir)  # a clear error before the progress display starts and before any case runs
+        prepare_output(out_dir)  # a clear error before the progress display starts and before any case runs
     # SIGTERM (a CI job cancelled, `kill`) stops the run like Ctrl-C: kill the case, keep results.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     observer = console.ProgressObserver(enabled=not args.quiet)

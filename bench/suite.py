@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FiniteFloat,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -64,6 +65,19 @@ def _named(value: Any) -> Any:
 
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML reads `yes`/`true` as booleans, which pydantic would take as 1; never mean that.
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
+# A finite real number: ints and floats, and numeric strings such as `1e12`, which YAML 1.1 reads
+# as a string when it lacks a dot; booleans, NaN and infinities are refused. (Integer fields are
+# strict instead.)
+Number = Annotated[FiniteFloat, BeforeValidator(_no_bool)]
 
 
 class ModelConfig(BaseModel):
@@ -188,10 +202,10 @@ class MeasureConfig(BaseModel):
 
     model_config = _STRICT
     warmup_steps: int = Field(strict=True, default=10, ge=0, le=1_000_000, description="untimed steps before measuring")
-    min_time: float = Field(strict=True, default=1.0, gt=0, description="seconds measured at least")
-    max_time: float = Field(strict=True, default=10.0, gt=0, description="seconds measured at most")
-    target_ci: float = Field(strict=True, default=0.01, gt=0, lt=1, description="stop once the 95% CI half-width is this fraction of the median")
-    window_time: float = Field(strict=True, default=0.1, gt=0, description="seconds per timing window (steps are timed in windows)")
+    min_time: Number = Field(default=1.0, gt=0, description="seconds measured at least")
+    max_time: Number = Field(default=10.0, gt=0, description="seconds measured at most")
+    target_ci: Number = Field(default=0.01, gt=0, lt=1, description="stop once the 95% CI half-width is this fraction of the median")
+    window_time: Number = Field(default=0.1, gt=0, description="seconds per timing window (steps are timed in windows)")
     min_windows: int = Field(strict=True, default=10, ge=3, le=100_000, description="windows measured at least")
 
     @model_validator(mode="after")
@@ -220,24 +234,24 @@ class CaseParams(BaseModel):
     world_size: int = Field(strict=True, default=1, ge=1, le=1024)
     device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)$")
     batch_size: int = Field(strict=True, default=64, gt=0, le=1_000_000)
-    lr: float = Field(strict=True, default=0.01, gt=0, allow_inf_nan=False)
+    lr: Number = Field(default=0.01, gt=0)
     threads: int | None = Field(strict=True, default=None, ge=1, le=1024, description="torch intra-op threads; default: all cores")
     seed: int = 0
     repeats: int = Field(strict=True, default=1, ge=1, le=100, description="processes per case; their windows are pooled, so a "
                                                       "process-level effect (memory layout, clocks) shows in the CI")
     measure: MeasureConfig = MeasureConfig()
-    timeout: float = Field(strict=True, default=300.0, gt=0, allow_inf_nan=False, description="seconds a case may take in all")
+    timeout: Number = Field(default=300.0, gt=0, description="seconds a case may take in all")
     profile: Profiles = Field((), description="profilers to run: none, torch, pyspy or a list")
     profiler: ProfilerConfig = ProfilerConfig()
-    nvml_interval: float = Field(strict=True, default=0.2, ge=0.01, le=60, allow_inf_nan=False,
+    nvml_interval: Number = Field(default=0.2, ge=0.01, le=60,
                                  description="seconds between GPU telemetry samples (NVML)")
-    peak_flops: float | None = Field(strict=True, default=None, gt=0, allow_inf_nan=False,
+    peak_flops: Number | None = Field(default=None, gt=0,
                                      description="peak FLOP/s of the device, for MFU; default: built-in GPU table")
     scaling: Literal["weak", "strong"] = Field(
         default="weak", description="weak: batch_size per rank, fixed; strong: batch_size is global, split across ranks")
     backend: Literal["gloo", "nccl"] | None = Field(default=None, description="ddp: process-group backend (default: "
                                                                      "nccl on GPUs, gloo on CPU)")
-    bucket_cap_mb: float | None = Field(strict=True, default=None, gt=0, description="ddp: gradient bucket size (torch default 25)")
+    bucket_cap_mb: Number | None = Field(default=None, gt=0, description="ddp: gradient bucket size (torch default 25)")
     gradient_as_bucket_view: bool = False
     static_graph: bool = False
     find_unused_parameters: bool = False
