@@ -60,9 +60,11 @@ def expansion() -> dict[str, float]:
     from bench.suite import load
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        fh.write("name: big\nmatrix:\n  model: [mlp, cnn]\n  batch_size: [%s]\n  lr: [%s]\n  seed: [%s]\n" % (
-            ", ".join(str(i) for i in range(1, 51)), ", ".join(f"0.{i:03d}" for i in range(1, 11)),
-            ", ".join(str(i) for i in range(10))))
+        batches = ", ".join(str(i) for i in range(1, 51))
+        rates = ", ".join(f"0.{i:03d}" for i in range(1, 11))
+        seeds = ", ".join(str(i) for i in range(10))
+        fh.write(f"name: big\nmatrix:\n  model: [mlp, cnn]\n  batch_size: [{batches}]\n  lr: [{rates}]\n"
+                 f"  seed: [{seeds}]\n")
     times = []
     for _ in range(5):
         t0 = time.perf_counter()

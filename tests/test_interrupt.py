@@ -60,7 +60,7 @@ def test_a_signal_stops_the_run_saves_finished_cases_and_resume_completes_it(tmp
     assert proc.returncode == 130
     assert "continue with: bench run --resume" in err
     assert "Traceback" not in err
-    gone, alive = psutil.wait_procs(children, timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=5)
     assert alive == []
     doc = json.loads((out / "results.json").read_text())
     assert doc["run"]["status"] == "interrupted"

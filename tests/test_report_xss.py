@@ -37,7 +37,7 @@ PAYLOADS = [
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=range(len(PAYLOADS)))
 def test_a_hostile_string_in_names_params_and_errors_shows_as_text_and_runs_nothing(
-        payload: str, open_report: Any, tmp_path: Path) -> None:
+        payload: str, open_report: Any, tmp_path: Path) -> None:  # noqa: F811
     # The synthetic run puts EVIL in the suite name, a case id, a parameter and an error text;
     # swap in this payload everywhere.
     text = json.dumps(make_doc(6, evil=True)).replace(json.dumps(EVIL)[1:-1], json.dumps(payload)[1:-1])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, SUITES, bench
+from conftest import ROOT, bench
 
 from bench import suite as suite_mod
 from bench.errors import SuiteError
