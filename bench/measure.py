@@ -42,18 +42,25 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     ``confidence``. Unlike a t-interval of the mean it assumes no normality, which matters because
     step times are skewed by stragglers (GC, other tenants of a shared machine). With fewer than
     ``MIN_CI_SAMPLES`` values it is (min, max), whose coverage falls short of ``confidence``."""
-    from scipy.stats import binom
+    # scipy.special's binomial CDF (bdtr) rather than scipy.stats: the same function, but an import
+    # of 0.2 s instead of 1.2 s in every case process that computes an interval.
+    from scipy.special import bdtr
 
     s = sorted(values)
     n = len(s)
     if n < 2:
         return (math.nan, math.nan)
     alpha = 1 - confidence
-    # Largest k with P(X < k) <= alpha/2, as a 1-based rank, at least 1.
-    k = int(binom.ppf(alpha / 2, n, 0.5))
-    while k > 0 and binom.cdf(k - 1, n, 0.5) > alpha / 2:
-        k -= 1
-    k = max(k, 1)
+    # Largest 1-based rank k with P(X <= k - 1) <= alpha/2 (at least 1), by bisection: the CDF
+    # grows with k.
+    lo, hi = 1, n // 2 + 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if bdtr(mid - 1, n, 0.5) <= alpha / 2:
+            lo = mid
+        else:
+            hi = mid - 1
+    k = lo
     return (s[k - 1], s[n - k])
 
 

@@ -3,11 +3,11 @@ already loaded. Imports only: running torch ops here could start thread pools, w
 survive a fork.
 
 torch._dynamo is here because constructing any torch.optim optimizer imports it (about 1.5 s on
-a 2-core machine), and scipy.stats because the confidence interval of the first window needs it
-(about 1.2 s): without them, every case would pay that inside its own process.
+a 2-core machine), and scipy.special because the confidence interval of the first window needs
+it: without them, every case would pay that inside its own process.
 """
 
-import scipy.stats  # noqa: F401
+import scipy.special  # noqa: F401
 import torch
 import torch._dynamo
 import torch.profiler
