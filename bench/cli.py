@@ -30,6 +30,11 @@ def _suite_args(p: argparse.ArgumentParser) -> None:
                    help="override a parameter in every case, e.g. --set batch_size=32 --set measure.max_time=2")
 
 
+def _plotlyjs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--link-plotlyjs", action="store_true",
+                   help="load plotly.js from its CDN instead of inlining it (smaller file, needs a network)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="Benchmark and profile PyTorch training from YAML suites.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -72,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build one self-contained HTML page from results files or folders.")
     p.add_argument("results", nargs="+", type=Path, help="results.json files or folders holding one")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
-    p.add_argument("--link-plotlyjs", action="store_true",
-                   help="load plotly.js from its CDN instead of inlining it (smaller file, needs a network)")
+    _plotlyjs_arg(p)
     p.add_argument("--label", dest="labels", action="append", default=[], metavar="NAME",
                    help="name of a run in the report, once per results file in order (default: its folder name); "
                         "the first run is the baseline of the comparison")
@@ -106,8 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "change points marked; runs on different environments are separate series.")
     p.add_argument("results_dir", type=Path, help="folder searched (recursively) for results.json files")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
-    p.add_argument("--link-plotlyjs", action="store_true",
-                   help="load plotly.js from its CDN instead of inlining it (smaller file, needs a network)")
+    _plotlyjs_arg(p)
     p.set_defaults(func=cmd_history)
     return parser
 

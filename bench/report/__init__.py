@@ -14,11 +14,11 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import OutputError, UsageError
+from bench.errors import UsageError
 from bench.report import comparison, performance, profile, resources, scaling, summary
 from bench.report.figures import CONFIG
 from bench.report.model import ComparisonLike, Context, View, ViewBuilder, case_rows, sort_text
-from bench.results import Run, atomic_write_text
+from bench.results import Run, write_output
 
 VIEWS: tuple[ViewBuilder, ...] = (
     summary.build, performance.build_throughput, performance.build_step_time, scaling.build,
@@ -79,9 +79,4 @@ def write_report(runs: Sequence[Run], out: Path, *, inline_plotlyjs: bool = True
                  comparisons: Sequence[ComparisonLike] | None = None) -> Path:
     """Render and write the page atomically: a failure leaves no file (or the previous one)."""
     html = render(runs, inline_plotlyjs=inline_plotlyjs, html_dir=out.absolute().parent, comparisons=comparisons)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, html)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
-    return out
+    return write_output(out, html)
