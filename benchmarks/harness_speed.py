@@ -39,10 +39,10 @@ def startup() -> dict[str, float]:
     return out
 
 
-def per_case_cost() -> dict[str, float]:
+def per_case_cost(suite: str = "suites/cnn.yaml") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bench", "run", "suites/cnn.yaml", "--out", tmp, "--quiet",
+        subprocess.run([sys.executable, "-m", "bench", "run", suite, "--out", tmp, "--quiet",
                         "--no-report", "--set", "measure.max_time=1", "--set", "measure.min_time=0.5"],
                        cwd=ROOT, check=False, capture_output=True)
         total = time.perf_counter() - t0
@@ -74,4 +74,5 @@ def expansion() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps({"startup_s": startup(), "expansion": expansion(), "per_case": per_case_cost()}, indent=1))
+    print(json.dumps({"startup_s": startup(), "expansion": expansion(), "per_case": per_case_cost(),
+                      "per_case_mlp": per_case_cost("suites/mlp.yaml")}, indent=1))
