@@ -134,7 +134,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
         from bench.models import MODELS, TORCHVISION_PREFIX
 
-        for registry in (MODELS, OPTIMIZERS, ACTIVATIONS, LOSSES, TRANSFORMS):
+        from bench.collectors.config import PROFILERS
+
+        for registry in (MODELS, OPTIMIZERS, ACTIVATIONS, LOSSES, TRANSFORMS, PROFILERS):
             print(f"{registry.plural}:")
             for entry in registry:
                 print(f"  {entry.name:<22} {entry.doc}")

@@ -6,8 +6,9 @@ with the case named.
 Timings are only comparable when nothing else competes for the CPU. Developers' machines are
 shared, so each run records the kernel's CPU pressure (/proc/pressure/cpu: the share of time some
 runnable task waited for a CPU); a run during which other work stalled the CPU more than
-``MAX_STALL`` is discarded and measured again, a bounded number of times, and the test is skipped
-with the figures if the machine never became quiet. On a CI machine, where the tests are the only
+``MAX_STALL``, or whose own intervals came out wider than ``MAX_CI`` (noise the counter cannot
+see), is discarded and measured again, a bounded number of times, and the test is skipped with
+the figures if the machine never became quiet. On a CI machine, where the tests are the only
 load, no run is discarded.
 """
 
@@ -31,6 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "tests" / "planted" / "suite.yaml"
 MAX_STALL = 0.03  # our own run stalls the CPU about 0.5% of the time; others make it 10-99%
 ATTEMPTS = 3  # per wanted run
+# Noise the PSI counter cannot see (a neighbour on the same host, frequency changes) still shows in
+# a run's own intervals: a run with a case wider than this is measured again, like a stalled one.
+MAX_CI = 0.03
 # Short cases: 0.8-1 s of windows each (at least 10 windows), one thread so the case uses one core.
 SETTINGS = ["--set", "measure.min_time=0.8", "--set", "measure.max_time=1.0"]
 
@@ -81,11 +85,17 @@ def quiet_run(tmp: Path, name: str, factor: float) -> Measured:
             time.sleep(2)
             continue
         measured = bench_run(tmp / f"{name}-{attempt}", factor)
-        if measured.stall is None or measured.stall <= MAX_STALL:
-            return measured
-        seen.append(f"{measured.stall:.0%} during the run")
-    pytest.skip(f"the CPU is shared with other work: it was stalled {', '.join(seen)} for run {name!r} "
-                f"(more than {MAX_STALL:.0%}); timings here cannot be compared")
+        if measured.stall is not None and measured.stall > MAX_STALL:
+            seen.append(f"{measured.stall:.0%} during the run")
+            continue
+        widest = max(c["metrics"]["throughput"]["ci_rel_half_width"] or 1.0
+                     for c in json.loads(measured.path.read_text())["cases"])
+        if widest > MAX_CI:
+            seen.append(f"a case's interval ±{widest:.1%} during the run")
+            continue
+        return measured
+    pytest.skip(f"the machine is too noisy to compare timings: run {name!r} saw {', '.join(seen)} "
+                f"(limits: {MAX_STALL:.0%} CPU stall, ±{MAX_CI:.0%} interval)")
 
 
 def test_planted_model_grows_its_depth_by_the_factor_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
