@@ -131,10 +131,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.components:
+        from bench.collectors.config import PROFILERS
         from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
         from bench.models import MODELS, TORCHVISION_PREFIX
-
-        from bench.collectors.config import PROFILERS
 
         for registry in (MODELS, OPTIMIZERS, ACTIVATIONS, LOSSES, TRANSFORMS, PROFILERS):
             print(f"{registry.plural}:")
