@@ -24,8 +24,9 @@ def _group_key(params: dict[str, Any]) -> str:
 
 def _group_label(params: dict[str, Any]) -> str:
     model = params["model"].get("name") or params["model"].get("import") or "model"
+    # The scaling kind is a field of its own (the report shows it beside the group).
     parts = [str(model).removeprefix("torchvision:"), params["optimizer"]["name"], params["activation"],
-             f"bs{params['batch_size']}", params.get("scaling", "weak")]
+             f"bs{params['batch_size']}"]
     return " ".join(parts)
 
 
