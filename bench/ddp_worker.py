@@ -125,6 +125,9 @@ def run_rank(payload: dict[str, Any]) -> None:
         if local_rank == 0 and os.environ.get("BENCH_NODE_RANK", "0") == "0":
             summaries.sort(key=lambda r: r["rank"])
             atomic_write_text(Path(payload["record_path"]), json.dumps(aggregate(record, summaries)))
+        # Tear down together: a rank that leaves while its peer still uses the gloo pair can
+        # abort in gloo's threads ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -134,6 +137,12 @@ def main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         run_rank(payload)
+        # The record is written and the group destroyed; skip the interpreter's teardown, where
+        # the C++ destructors of communication threads have been seen to abort (SIGABRT) a rank
+        # that finished its work, which would fail a case whose measurement is complete.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except BaseException as exc:
         status = "skipped" if isinstance(exc, Skip) else "failed"
         error = {"rank": rank, "status": status, "error": describe_error(exc),

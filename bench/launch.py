@@ -180,8 +180,13 @@ def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: 
         detail = f" (rank {cause['rank']}: {cause['error']})" if cause else ""
         return {"status": "failed",
                 "error": f"timed out after {p.timeout:g} s (a rank hung or was too slow){detail}"}
-    if code == 0 and record_path.exists():
+    if record_path.exists() and (code == 0 or cause is None):
         record: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
+        if code != 0:
+            # Every rank finished measuring (the record is written only after all of them sent
+            # theirs); one died on its way out. The numbers stand; say what happened.
+            record.setdefault("warnings", []).append(
+                f"after the measurement: {_signalled_rank(log_path) or f'torchrun exited with code {code}'}")
         return record
     if code == 0:  # a node other than node 0: rank 0's record lives there
         return {"status": "ok", "error": None}
