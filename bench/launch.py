@@ -175,11 +175,18 @@ def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: 
             code = None
         finally:
             _kill_group(proc)
+    return case_outcome(code, scratch, log_path, p.timeout)
+
+
+def case_outcome(code: int | None, scratch: Path, log_path: Path, timeout: float) -> dict[str, Any]:
+    """The case record from what torchrun left: its exit code (None: killed at the timeout), the
+    record rank 0 wrote, the ranks' error files in ``scratch`` and torchrun's log."""
+    record_path = scratch / "record.json"
     cause, symptom = _rank_errors(scratch)
     if code is None:
         detail = f" (rank {cause['rank']}: {cause['error']})" if cause else ""
         return {"status": "failed",
-                "error": f"timed out after {p.timeout:g} s (a rank hung or was too slow){detail}"}
+                "error": f"timed out after {timeout:g} s (a rank hung or was too slow){detail}"}
     if record_path.exists() and (code == 0 or cause is None):
         record: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
         if code != 0:

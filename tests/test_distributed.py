@@ -189,3 +189,67 @@ def test_two_nodes_on_loopback_produce_one_result_with_world_size_two(tmp_path: 
     assert sorted(r["rank"] for r in case["ranks"]) == [0, 1]
     assert "node 0 writes the results" in out1
     assert leftover_ranks(started) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# How a torchrun outcome becomes a case record (bench.launch.case_outcome), from the files it leaves.
+
+ROOT_CAUSE_LOG = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-27_14:37:54
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : {code} (pid: 11308)
+  error_file: <N/A>
+"""
+
+
+def _scratch(tmp_path: Path, *, record: bool = False, errors: dict[int, str] | None = None,
+             log_code: int | None = None) -> tuple[Path, Path]:
+    scratch = tmp_path / "case"
+    scratch.mkdir()
+    if record:
+        (scratch / "record.json").write_text(json.dumps({"status": "ok", "error": None, "warnings": []}))
+    for rank, text in (errors or {}).items():
+        (scratch / f"rank{rank}.error.json").write_text(json.dumps({"rank": rank, "status": "failed",
+                                                                     "error": text, "traceback": "tb"}))
+    log = tmp_path / "case.log"
+    log.write_text(ROOT_CAUSE_LOG.format(code=log_code) if log_code is not None else "")
+    return scratch, log
+
+
+def test_a_complete_record_stands_when_a_rank_dies_on_its_way_out(tmp_path: Path) -> None:
+    from bench.launch import case_outcome
+
+    scratch, log = _scratch(tmp_path, record=True, log_code=-6)
+    out = case_outcome(1, scratch, log, timeout=60)
+    assert out["status"] == "ok"
+    assert out["warnings"] == ["after the measurement: rank 1 was killed by SIGABRT"]
+
+
+def test_the_rank_that_raised_is_named_not_the_peer_that_lost_it(tmp_path: Path) -> None:
+    from bench.launch import case_outcome
+
+    scratch, log = _scratch(tmp_path, record=True, errors={
+        0: "RuntimeError: [gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1234",
+        1: "ValueError: bad shape"})
+    out = case_outcome(1, scratch, log, timeout=60)
+    assert out == {"status": "failed", "error": "rank 1: ValueError: bad shape", "traceback": "tb"}
+
+
+def test_a_killed_rank_is_named_from_torchruns_summary(tmp_path: Path) -> None:
+    from bench.launch import case_outcome
+
+    scratch, log = _scratch(tmp_path, errors={0: "RuntimeError: Connection closed by peer"}, log_code=-9)
+    assert case_outcome(1, scratch, log, timeout=60) == {"status": "failed",
+                                                         "error": "rank 1 was killed by SIGKILL"}
+
+
+def test_a_timeout_fails_the_case_with_the_hanging_ranks_error_if_it_wrote_one(tmp_path: Path) -> None:
+    from bench.launch import case_outcome
+
+    scratch, log = _scratch(tmp_path, errors={1: "RuntimeError: stuck"})
+    out = case_outcome(None, scratch, log, timeout=20)
+    assert out == {"status": "failed",
+                   "error": "timed out after 20 s (a rank hung or was too slow) (rank 1: RuntimeError: stuck)"}
