@@ -21,10 +21,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from bench.environment import available_cores
 from bench.measure import median
 from bench.results import atomic_write_text
 from bench.suite import CaseParams
-from bench.worker import Skip, available_cores, describe_error, measure_case, select_device, set_threads
+from bench.worker import Skip, describe_error, measure_case, select_device, set_threads
 
 
 def _ddp_wrapper(params: CaseParams, device: torch.device) -> Any:

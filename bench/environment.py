@@ -14,6 +14,11 @@ from typing import Any
 import bench
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
 def cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -50,7 +55,7 @@ def fingerprint(torch_info: dict[str, Any] | None) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cores_logical": os.cpu_count(),
         "cores_physical": psutil.cpu_count(logical=False),
-        "cores_available": len(os.sched_getaffinity(0)),
+        "cores_available": available_cores(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "git": git_commit(),
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

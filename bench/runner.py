@@ -82,9 +82,9 @@ class CaseLauncher:
 
     def _call(self, target: Callable[..., None], args: tuple[Any, ...], timeout: float
               ) -> tuple[Any | None, str | None]:
-        """Run ``target(*args, conn)`` in a new process; return (message, error)."""
+        """Run ``target(conn, *args)`` in a new process; return (message, error)."""
         receiver, sender = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=target, args=(*args[:1], sender, *args[1:]), daemon=False)
+        proc = self.ctx.Process(target=target, args=(sender, *args), daemon=False)
         deadline = time.monotonic() + timeout
         message: Any | None = None
         error: str | None = None
@@ -257,9 +257,11 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
         done = [c for c in previous["cases"] if c["id"] in wanted]
         run_info["resumed"] = [*previous["run"].get("resumed", []), now()]
         run_info["started"] = previous["run"]["started"]
-        # The fingerprint of the first session stays; a resume on another machine would mix
-        # numbers from two machines, so say so on the cases run now.
-        if _machine(previous["environment"]) != _machine(env):
+        # The fingerprint of the first session stays; a resume on another machine mixes numbers
+        # from two machines, so the run says so (with the same fingerprint `bench compare` uses).
+        from bench.compare import environment_differences
+
+        if environment_differences(previous["environment"], env):
             run_info["resumed_on_other_machine"] = True
         env = previous["environment"]
     writer = ResultsWriter(out_dir, suite={"name": suite.name, "path": suite.path, "source": suite.source},
@@ -310,17 +312,13 @@ def _stop_forkserver() -> None:
             pass
 
 
-def _machine(env: dict[str, Any]) -> tuple[Any, ...]:
-    return (env.get("hostname"), env.get("cpu_model"), env.get("torch"), [g.get("name") for g in env.get("gpus") or []])
-
-
 def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:
     """A node other than node 0: run this node's ranks of every ddp case, write nothing."""
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-node"))
     outcome = RunOutcome(out_dir=scratch, results_path=scratch / "results.json")
-    cores = len(psutil.Process().cpu_affinity() or []) or 1
+    cores = environment.available_cores()
     obs.suite_started(suite, scratch)
     try:
         for case in suite.cases:

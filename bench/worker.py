@@ -18,6 +18,7 @@ import torch
 from bench.collectors import CaseContext, make_collectors
 from bench.components import build_loss, build_optimizer
 from bench.data import make_batches
+from bench.environment import available_cores
 from bench.measure import MeasureSettings, measure, summarize, thin
 from bench.models import build_model
 from bench.suite import CaseParams
@@ -78,10 +79,6 @@ def select_device(params: CaseParams, local_rank: int = 0) -> torch.device:
     if (device.index or 0) >= count:
         raise Skip(f"device {params.device!r} asked for, but this machine has {count} CUDA device(s)")
     return device
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def set_threads(threads: int) -> int:

@@ -8,7 +8,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 
-def child_main(payload: dict[str, Any], conn: Connection, log_path: str | None) -> None:
+def child_main(conn: Connection, payload: dict[str, Any], log_path: str | None) -> None:
     from bench import worker
 
     worker.child_main(payload, conn, log_path)
