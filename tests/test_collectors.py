@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -320,9 +321,17 @@ def test_torch_profiler_keeps_top_operators_by_self_time_and_a_gzipped_trace(tmp
 @pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
 def test_pyspy_writes_a_flame_graph_and_a_speedscope_profile(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, profile="pyspy", profiler={"pyspy_seconds": 0.5})
-    # Measured at 10 ms a step: 0.5 s is 50 steps, a count (not a clock) so that DDP ranks agree.
-    ctx.measurement = Measurement(batch_size=16, steps_per_window=10, window_start=[0.0, 0.1, 0.2],
-                                  window_seconds=[0.1, 0.1, 0.1])
+    # The collector turns seconds into a step count from the measured pace (a count, not a clock,
+    # so that DDP ranks agree); the pace must be this step's real one, or the window is too short
+    # for py-spy to take a sample.
+    assert ctx.step is not None
+    t0 = time.perf_counter()
+    for _ in range(20):
+        ctx.step()
+    window = (time.perf_counter() - t0) / 2
+    ctx.measurement = Measurement(batch_size=16, steps_per_window=10, window_start=[0.0, window],
+                                  window_seconds=[window, window])
+    expected_steps = max(1, round(0.5 / (window / 10)))
     collector = PySpyCollector(ctx)
     CollectorSet([collector]).after()
     record = collector.record()
@@ -332,8 +341,28 @@ def test_pyspy_writes_a_flame_graph_and_a_speedscope_profile(tmp_path: Path) -> 
     assert "<svg" in (tmp_path / record["flamegraph"]).read_text()
     speedscope = json.loads((tmp_path / record["speedscope"]).read_text())
     assert speedscope["$schema"] == "https://www.speedscope.app/file-format-schema.json"
-    assert record["samples"] > 0 and record["steps"] == 50 and record["seconds"] > 0
+    assert record["samples"] > 0 and record["steps"] == expected_steps and record["seconds"] > 0
     assert not [p for p in psutil.Process().children() if p.name() == "py-spy"], "recorders are gone"
+
+
+def test_pyspy_that_took_no_samples_says_to_sample_longer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What py-spy 0.4 prints when the window was too short for one sample: the flame graph writer
+    # fails and the last line of its backtrace is "8: main", which helps nobody.
+    fake = tmp_path / "py-spy"
+    fake.write_text("#!/bin/sh\necho 'py-spy> Sampling process 100 times a second.'\n"
+                    "trap 'echo \"Error: Failed to write flamegraph: No stack counts found\"; "
+                    "echo \"Stack backtrace:\"; echo \"   8: main\"; exit 1' INT\n"
+                    "while :; do sleep 0.01; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(pyspy_mod, "find_pyspy", lambda: str(fake))
+    ctx = _ctx(tmp_path, profile="pyspy", profiler={"pyspy_seconds": 0.01})
+    _measured(ctx, throughput=1600.0)
+    collector = PySpyCollector(ctx)
+    CollectorSet([collector]).after()
+    record = collector.record()
+    assert re.fullmatch(r"py-spy took no samples in [0-9.e-]+ s \(\d+ steps\); raise profiler\.pyspy_seconds",
+                        record["error"] or ""), record["error"]
+    assert record["flamegraph"] is None
 
 
 def test_pyspy_missing_is_recorded_and_nothing_else_happens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,8 @@ from typing import IO, Any
 
 from bench.collectors import CaseContext, Collector
 
+# What py-spy's flame graph writer says when the window held no sample of a running thread.
+NO_SAMPLES = "No stack counts found"
 FORMATS = {"flamegraph": "pyspy.rank{rank}.svg", "speedscope": "pyspy.rank{rank}.speedscope.json"}
 ATTACH_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 60.0
@@ -80,8 +82,14 @@ class Recorder:
         return False
 
     def problem(self) -> str:
+        """py-spy's own error line; after it comes a Rust backtrace whose last line says nothing."""
         lines = [line.strip() for line in self.output().splitlines() if line.strip()]
-        return f"py-spy {self.fmt} exited with code {self.proc.returncode}: {lines[-1] if lines else 'no output'}"[:500]
+        errors = [line for line in lines if line.startswith("Error:")]
+        said = errors[0] if errors else lines[-1] if lines else "no output"
+        return f"py-spy {self.fmt} exited with code {self.proc.returncode}: {said}"[:500]
+
+    def sampled_nothing(self) -> bool:
+        return NO_SAMPLES in self.output()
 
     def finish(self) -> tuple[bool, int | None]:
         """Stop sampling (py-spy writes its file on SIGINT); returns (file written, samples)."""
@@ -144,7 +152,10 @@ class PySpyCollector(Collector):
                     self.samples = samples if r.fmt == "flamegraph" else self.samples
                 else:
                     problems.append(r.problem())
-            if problems:
+            if any(r.sampled_nothing() for r in recorders):
+                self.fail(f"py-spy took no samples in {self.seconds:.2g} s ({self.steps} steps); "
+                          "raise profiler.pyspy_seconds")
+            elif problems:
                 self.fail("; ".join(problems))
         finally:
             for r in recorders:
