@@ -74,9 +74,44 @@ def _rank_summary(rank: int, local_rank: int, batch: int, record: dict[str, Any]
     }
 
 
+# The collector fields that name files; each rank writes its own, and the record names them all.
+FILE_FIELDS = {"torch_profiler": ("traces",), "pyspy": ("flamegraph", "speedscope")}
+
+
+def _files(collectors: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    for name, fields in FILE_FIELDS.items():
+        for key in fields:
+            value = (collectors.get(name) or {}).get(key)
+            found.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v)
+    return found
+
+
+def _merge_collectors(record: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
+    """The record's collectors are its writer's; each rank's own files and collector errors are
+    kept in ``ranks`` so that nothing one rank saw is lost, and the profiler's traces (one per
+    rank) are all named in ``torch_profiler.traces``."""
+    names = sorted({name for r in ranks for name in r["collectors"]})
+    written = {name: ((record.get("collectors") or {}).get(name) or {}).get("error") for name in names}
+    for r in ranks:
+        r["files"] = _files(r["collectors"])
+        r["collector_errors"] = {name: (r["collectors"].get(name) or {}).get("error") for name in names
+                                 if (r["collectors"].get(name) or {}).get("error")}
+        # An error the record already shows (no NVML on any rank) is said once, there; one that
+        # only some ranks met would otherwise be invisible.
+        r["warnings"] = [*r["warnings"], *(f"collector {name}: {error}" for name, error in r["collector_errors"].items()
+                                           if error != written.get(name))]
+    # Last: the writer's own rank summary shares its collector records with ``record``.
+    prof = (record.get("collectors") or {}).get("torch_profiler")
+    if isinstance(prof, dict) and prof.get("error") is None:
+        traces = [t for r in ranks for t in ((r["collectors"].get("torch_profiler") or {}).get("traces") or [])]
+        prof["traces"] = list(dict.fromkeys(traces))
+
+
 def aggregate(record: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rank 0's record plus what only all ranks together know: per-rank throughput, the skew
-    between the fastest and slowest rank, and memory per rank and summed."""
+    """The writing rank's record plus what only all ranks together know: per-rank throughput, the
+    skew between the fastest and slowest rank, memory per rank and summed, and every rank's
+    collector files and errors."""
     m = record["metrics"]
     per_rank = [r["throughput_median"] for r in ranks]
     m["throughput_per_rank"] = per_rank
@@ -85,6 +120,7 @@ def aggregate(record: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, 
     m["peak_rss_mb"] = sum(m["peak_rss_mb_per_rank"])
     if all(r["cuda_peak_allocated_mb"] is not None for r in ranks):
         m["cuda_peak_allocated_mb_per_rank"] = [r["cuda_peak_allocated_mb"] for r in ranks]
+    _merge_collectors(record, ranks)
     record["ranks"] = [{k: v for k, v in r.items() if k != "collectors"} for r in ranks]
     by_text: dict[str, list[int]] = {}
     for r in ranks:

@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -205,7 +205,11 @@ def pool_repeats(results: list[dict[str, Any]], target_ci: float) -> dict[str, A
 
 def _run_one(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
              env: dict[str, Any]) -> dict[str, Any]:
-    results = [_run_process(launcher, case, out_dir, log_path, cluster, env) for _ in range(case.params.repeats)]
+    # Profilers run in the first process only: the pooled record keeps that process's collector
+    # records, and later ones would overwrite the files those records name with others' profiles.
+    later = replace(case, params=case.params.model_copy(update={"profile": ()}))
+    results = [_run_process(launcher, case if i == 0 else later, out_dir, log_path, cluster, env)
+               for i in range(case.params.repeats)]
     return pool_repeats(results, case.params.measure.target_ci)
 
 

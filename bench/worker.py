@@ -153,6 +153,8 @@ def measure_case(params: CaseParams, device: torch.device, payload: dict[str, An
     settings = MeasureSettings(m.warmup_steps, m.min_time, m.max_time, m.target_ci, m.window_time, m.min_windows)
     ctx = CaseContext(params=params, device=device, out_dir=payload.get("out_dir"), case_id=payload.get("id", ""),
                       rank=rank, step=step, model=model, batch=batch)
+    if agree is not None:
+        ctx.agree = agree
     collectors = make_collectors(ctx)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -365,6 +365,44 @@ def test_pyspy_that_took_no_samples_says_to_sample_longer(tmp_path: Path, monkey
     assert record["flamegraph"] is None
 
 
+@pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
+def test_pyspy_runs_no_step_when_another_rank_could_not_start_it(tmp_path: Path) -> None:
+    # Under DDP every extra step all-reduces: a rank that stepped alone would wait for the others
+    # until the case's timeout. Here this rank's py-spy starts and another rank's does not.
+    ctx = _ctx(tmp_path, profile="pyspy", profiler={"pyspy_seconds": 0.2})
+    _measured(ctx, throughput=1600.0)
+    told: list[float] = []
+    ctx.agree = lambda value: told.append(value) or max(value, 1.0)
+    steps = 0
+    step = ctx.step
+    assert step is not None
+
+    def counted() -> None:
+        nonlocal steps
+        steps += 1
+        step()
+
+    ctx.step = counted
+    collector = PySpyCollector(ctx)
+    CollectorSet([collector]).after()
+    record = collector.record()
+    assert told == [0.0], "this rank said it was ready, once"
+    assert record["error"] == "py-spy could not start on another rank, so no rank sampled"
+    assert steps == 0
+    assert not [p for p in psutil.Process().children() if p.name() == "py-spy"], "recorders are gone"
+
+
+def test_pyspy_that_cannot_start_tells_the_other_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pyspy_mod, "find_pyspy", lambda: None)
+    ctx = _ctx(tmp_path, profile="pyspy")
+    told: list[float] = []
+    ctx.agree = lambda value: told.append(value) or value
+    collector = PySpyCollector(ctx)
+    CollectorSet([collector]).after()
+    assert told == [1.0]
+    assert collector.record()["error"] == "py-spy not found (pip install py-spy)"
+
+
 def test_pyspy_missing_is_recorded_and_nothing_else_happens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pyspy_mod, "find_pyspy", lambda: None)
     collector = PySpyCollector(_ctx(tmp_path, profile="pyspy"))

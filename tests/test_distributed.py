@@ -253,3 +253,37 @@ def test_a_timeout_fails_the_case_with_the_hanging_ranks_error_if_it_wrote_one(t
     out = case_outcome(None, scratch, log, timeout=20)
     assert out == {"status": "failed",
                    "error": "timed out after 20 s (a rank hung or was too slow) (rank 1: RuntimeError: stuck)"}
+
+
+def _rank_record(rank: int, collectors: dict) -> dict:
+    return {"device": "cpu", "warnings": [], "collectors": collectors,
+            "metrics": {"steps_per_window": 10, "threads": 1, "peak_rss_mb": 400.0 + rank,
+                        "step_time_ms": {"p50": 1.0}},
+            "samples": {"local_window_s": [0.01, 0.011]}}
+
+
+def _profiled(rank: int, *, pyspy_error: str | None = None, nvml_error: str = "no NVIDIA driver") -> dict:
+    return {
+        "torch_profiler": {"error": None, "top_ops": [], "traces": [f"profiles/c/rank{rank}.pt.trace.json.gz"]},
+        "pyspy": {"error": pyspy_error,
+                  "flamegraph": None if pyspy_error else f"profiles/c/pyspy.rank{rank}.svg",
+                  "speedscope": None if pyspy_error else f"profiles/c/pyspy.rank{rank}.speedscope.json"},
+        "nvml": {"error": nvml_error},
+    }
+
+
+def test_a_ddp_record_names_every_ranks_profiler_files_and_the_errors_only_some_ranks_met() -> None:
+    from bench.ddp_worker import _rank_summary, aggregate
+
+    records = [_rank_record(0, _profiled(0)), _rank_record(1, _profiled(1, pyspy_error="py-spy did not start"))]
+    summaries = [_rank_summary(rank, rank, 64, rec) for rank, rec in enumerate(records)]
+    out = aggregate(records[0], summaries)
+    assert out["collectors"]["torch_profiler"]["traces"] == ["profiles/c/rank0.pt.trace.json.gz",
+                                                              "profiles/c/rank1.pt.trace.json.gz"]
+    assert out["ranks"][0]["files"] == ["profiles/c/rank0.pt.trace.json.gz", "profiles/c/pyspy.rank0.svg",
+                                        "profiles/c/pyspy.rank0.speedscope.json"]
+    assert out["ranks"][1]["files"] == ["profiles/c/rank1.pt.trace.json.gz"]
+    assert out["ranks"][1]["collector_errors"] == {"nvml": "no NVIDIA driver", "pyspy": "py-spy did not start"}
+    # The NVML error is already in the record (every rank met it); the py-spy one only rank 1 met.
+    assert out["warnings"] == ["rank 1: collector pyspy: py-spy did not start"]
+    assert all("collectors" not in r for r in out["ranks"])

@@ -156,6 +156,20 @@ def test_links_to_profiles_and_logs_are_relative_to_the_report_file(tmp_path: Pa
     assert f'href="../results/run/logs/{failed_id}.log"' in html
 
 
+def test_profile_view_links_the_files_every_ddp_rank_saved(tmp_path: Path) -> None:
+    doc = make_doc(6)
+    case = doc["cases"][0]
+    case["collectors"]["torch_profiler"]["traces"] = ["profiles/c/rank0.pt.trace.json.gz"]
+    case["ranks"] = [{"rank": 0, "files": ["profiles/c/rank0.pt.trace.json.gz"]},
+                     {"rank": 1, "files": ["profiles/c/rank1.pt.trace.json.gz", "profiles/c/pyspy.rank1.svg"]}]
+    out = write_report([load_run(write_doc(tmp_path / "run", doc))], tmp_path / "report.html", inline_plotlyjs=False)
+    html = out.read_text()
+    assert html.count(">profiles/c/rank0.pt.trace.json.gz</a>") == 1, "the writer's trace is listed once"
+    assert "rank 1: torch profiler trace (open in Perfetto or chrome://tracing)" in html
+    assert "rank 1: py-spy flame graph (SVG)" in html
+    assert ">profiles/c/pyspy.rank1.svg</a>" in html
+
+
 def test_a_thousand_case_report_stays_within_two_megabytes_above_plotlyjs(tmp_path: Path) -> None:
     # The worst case: every case with GPU telemetry, CUDA memory, FLOPs and raw samples.
     run = load_run(write_doc(tmp_path / "big", make_doc(1000, n_samples=100)))

@@ -192,3 +192,51 @@ def test_what_a_failing_case_printed_is_kept_in_its_log(runner_run: RunnerRun) -
     assert raising["log"] == f"logs/{raising['id']}.log"
     log = (runner_run.outcome.out_dir / raising["log"]).read_text(encoding="utf-8")
     assert "user model: about to raise" in log
+
+
+REPEATS_SUITE = """
+name: repeats
+defaults:
+  model: mlp
+  batch_size: 16
+  threads: 1
+  repeats: 2
+  profile: torch
+  profiler: {wait: 0, warmup: 1, active: 1}
+  measure: {warmup_steps: 2, min_time: 0.2, max_time: 0.4, window_time: 0.02}
+  timeout: 120
+matrix:
+  optimizer: [sgd]
+"""
+
+
+def test_repeats_pool_every_processs_windows_and_keep_each_processs_median(tmp_path: Path) -> None:
+    path = tmp_path / "repeats.yaml"
+    path.write_text(REPEATS_SUITE, encoding="utf-8")
+    outcome = runner.run_suite(suite_mod.load(path), tmp_path / "out", argv=["bench", "run", str(path)])
+    (record,) = outcome.records
+    assert record["status"] == "ok", record["error"]
+    metrics, samples = record["metrics"], record["samples"]
+    assert metrics["repeats"] == 2
+    assert len(metrics["throughput"]["per_repeat"]) == 2
+    assert sorted(set(samples["window_repeat"])) == [0, 1]
+    assert metrics["windows"] == len(samples["window_s"]) == len(samples["window_throughput"])
+    # One process profiled, and the files on disk are the ones its record names.
+    traces = record["collectors"]["torch_profiler"]["traces"]
+    assert traces == [f"profiles/{record['id']}/rank0.pt.trace.json.gz"]
+    assert sorted(p.name for p in (tmp_path / "out" / "profiles").rglob("*") if p.is_file()) == ["rank0.pt.trace.json.gz"]
+
+
+def test_only_the_first_repeat_runs_the_profilers(tmp_path: Path) -> None:
+    path = tmp_path / "repeats.yaml"
+    path.write_text(REPEATS_SUITE.replace("repeats: 2", "repeats: 3"), encoding="utf-8")
+    (case,) = suite_mod.load(path).cases
+    seen: list[tuple[str, ...]] = []
+
+    class Launcher:
+        def run_case(self, case: Case, out_dir: Path | None, log_path: Path) -> dict[str, Any]:
+            seen.append(tuple(case.params.profile))
+            return {"status": "failed", "error": "not run"}
+
+    runner._run_one(Launcher(), case, tmp_path, tmp_path / "log", runner.Cluster(), {})  # type: ignore[arg-type]
+    assert seen == [("torch",), (), ()]

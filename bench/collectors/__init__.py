@@ -41,6 +41,14 @@ class CaseContext:
     batch: int = 0                                 # samples this process feeds its model per step
     measurement: Measurement | None = None         # set by the worker once the timed windows are done
     extras: dict[str, Any] = field(default_factory=dict)
+    # The maximum of a number over all ranks (an all-reduce under DDP; the number itself alone).
+    agree: Callable[[float], float] = float
+
+    def everyone_ready(self, ready: bool) -> bool:
+        """True when every rank is ready for extra training steps. Under DDP each step
+        all-reduces, so a rank that runs them alone waits for the others until the case's timeout;
+        every rank must call this, once, at the same point."""
+        return self.agree(0.0 if ready else 1.0) == 0.0
 
     @property
     def samples_per_step(self) -> int:

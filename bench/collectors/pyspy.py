@@ -123,32 +123,17 @@ class PySpyCollector(Collector):
         self.seconds = 0.0
 
     def after(self) -> None:
-        ctx, cfg = self.ctx, self.ctx.params.profiler
-        exe = find_pyspy()
-        if exe is None:
-            return self.fail("py-spy not found (pip install py-spy)")
-        if ctx.step is None:
-            return self.fail("no training step to sample")
-        folder = ctx.profile_dir()
-        if folder is None:
-            return self.fail("no output folder for the flame graph")
-        _allow_tracing_by_children(True)
         recorders: list[Recorder] = []
         try:
-            for fmt, pattern in FORMATS.items():
-                path = os.path.join(folder, pattern.format(rank=ctx.rank))
-                recorders.append(Recorder(exe, os.getpid(), fmt, path, cfg.pyspy_rate))
-            deadline = time.monotonic() + ATTACH_TIMEOUT_S
-            while not all(r.sampling() for r in recorders):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"py-spy did not start sampling within {ATTACH_TIMEOUT_S:g} s")
-                time.sleep(0.02)
-            self._run_steps(cfg.pyspy_seconds)
+            problem = self._start(recorders)
+            if not self.ctx.everyone_ready(problem is None):
+                return self.fail(problem or "py-spy could not start on another rank, so no rank sampled")
+            self._run_steps(self.ctx.params.profiler.pyspy_seconds)
             problems = []
             for r in recorders:
                 ok, samples = r.finish()
                 if ok:
-                    self.files[r.fmt] = ctx.relative(r.path)
+                    self.files[r.fmt] = self.ctx.relative(r.path)
                     self.samples = samples if r.fmt == "flamegraph" else self.samples
                 else:
                     problems.append(r.problem())
@@ -161,6 +146,32 @@ class PySpyCollector(Collector):
             for r in recorders:
                 r.close()
             _allow_tracing_by_children(False)
+
+    def _start(self, recorders: list[Recorder]) -> str | None:
+        """Start one recorder per format and wait until each samples; the reason if not. It does
+        not raise: every rank must reach ``everyone_ready`` whatever happened here."""
+        ctx = self.ctx
+        exe = find_pyspy()
+        if exe is None:
+            return "py-spy not found (pip install py-spy)"
+        if ctx.step is None:
+            return "no training step to sample"
+        folder = ctx.profile_dir()
+        if folder is None:
+            return "no output folder for the flame graph"
+        _allow_tracing_by_children(True)
+        try:
+            for fmt, pattern in FORMATS.items():
+                path = os.path.join(folder, pattern.format(rank=ctx.rank))
+                recorders.append(Recorder(exe, os.getpid(), fmt, path, ctx.params.profiler.pyspy_rate))
+            deadline = time.monotonic() + ATTACH_TIMEOUT_S
+            while not all(r.sampling() for r in recorders):
+                if time.monotonic() > deadline:
+                    return f"py-spy did not start sampling within {ATTACH_TIMEOUT_S:g} s"
+                time.sleep(0.02)
+        except (OSError, RuntimeError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _step_count(self, seconds: float) -> int | None:
         """Steps that last about ``seconds`` at the measured pace. Under DDP every rank must run

@@ -26,7 +26,24 @@ def _artifacts(r: CaseRow) -> list[tuple[str, str]]:
     for key, kind in (("flamegraph", "py-spy flame graph (SVG)"), ("speedscope", "py-spy profile (open in speedscope)")):
         if isinstance(pyspy.get(key), str) and pyspy[key]:
             found.append((kind, pyspy[key]))
+    # Under DDP every rank saves its own files; the record names the writing rank's above.
+    named = {path for _, path in found}
+    for rank in r.case.get("ranks") or []:
+        if not isinstance(rank, dict):
+            continue
+        for path in rank.get("files") or []:
+            if isinstance(path, str) and path and path not in named:
+                named.add(path)
+                found.append((f"rank {rank.get('rank', '?')}: {_kind(path)}", path))
     return found
+
+
+def _kind(path: str) -> str:
+    if path.endswith(".svg"):
+        return "py-spy flame graph (SVG)"
+    if path.endswith(".speedscope.json"):
+        return "py-spy profile (open in speedscope)"
+    return "torch profiler trace (open in Perfetto or chrome://tracing)"
 
 
 def _top_ops(r: CaseRow) -> tuple[list[dict[str, Any]], str]:
