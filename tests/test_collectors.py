@@ -318,6 +318,49 @@ def test_torch_profiler_keeps_top_operators_by_self_time_and_a_gzipped_trace(tmp
     assert any(e.get("name") == "aten::addmm" for e in trace["traceEvents"])
 
 
+def _counting_steps(ctx: CaseContext) -> list[int]:
+    """Wrap the context's step so that the test can see how many extra steps ran."""
+    count = [0]
+    step = ctx.step
+    assert step is not None
+
+    def counted() -> None:
+        count[0] += 1
+        step()
+
+    ctx.step = counted
+    return count
+
+
+def test_torch_profiler_runs_no_step_when_another_rank_could_not_start_it(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, profile="torch", profiler={"wait": 0, "warmup": 1, "active": 1})
+    told: list[float] = []
+    ctx.agree = lambda value: told.append(value) or max(value, 1.0)
+    steps = _counting_steps(ctx)
+    collector = TorchProfilerCollector(ctx)
+    CollectorSet([collector]).after()
+    record = collector.record()
+    assert told == [0.0]
+    assert record["error"] == "the torch profiler could not start on another rank, so no rank profiled"
+    assert steps == [0]
+    assert not list((tmp_path / "profiles").rglob("*.gz"))
+
+
+def test_torch_profiler_that_cannot_start_tells_the_other_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(**_: Any) -> Any:
+        raise RuntimeError("CUPTI_ERROR_INSUFFICIENT_PRIVILEGES\n(second line)")
+
+    monkeypatch.setattr(torch.profiler, "profile", broken)
+    ctx = _ctx(tmp_path, profile="torch")
+    told: list[float] = []
+    ctx.agree = lambda value: told.append(value) or value
+    steps = _counting_steps(ctx)
+    collector = TorchProfilerCollector(ctx)
+    CollectorSet([collector]).after()
+    assert told == [1.0] and steps == [0]
+    assert collector.record()["error"] == "RuntimeError: CUPTI_ERROR_INSUFFICIENT_PRIVILEGES (second line)"
+
+
 @pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
 def test_pyspy_writes_a_flame_graph_and_a_speedscope_profile(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, profile="pyspy", profiler={"pyspy_seconds": 0.5})
@@ -373,22 +416,13 @@ def test_pyspy_runs_no_step_when_another_rank_could_not_start_it(tmp_path: Path)
     _measured(ctx, throughput=1600.0)
     told: list[float] = []
     ctx.agree = lambda value: told.append(value) or max(value, 1.0)
-    steps = 0
-    step = ctx.step
-    assert step is not None
-
-    def counted() -> None:
-        nonlocal steps
-        steps += 1
-        step()
-
-    ctx.step = counted
+    steps = _counting_steps(ctx)
     collector = PySpyCollector(ctx)
     CollectorSet([collector]).after()
     record = collector.record()
     assert told == [0.0], "this rank said it was ready, once"
     assert record["error"] == "py-spy could not start on another rank, so no rank sampled"
-    assert steps == 0
+    assert steps == [0]
     assert not [p for p in psutil.Process().children() if p.name() == "py-spy"], "recorders are gone"
 
 

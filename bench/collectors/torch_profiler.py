@@ -11,6 +11,7 @@ profiled steps carry the profiler's start-up. The result keeps the top operators
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from typing import Any
 
 from bench.collectors import CaseContext, Collector
@@ -45,8 +46,6 @@ class TorchProfilerCollector(Collector):
         from torch.profiler import ProfilerActivity, profile, schedule
 
         ctx, cfg = self.ctx, self.ctx.params.profiler
-        if ctx.step is None:
-            return self.fail("no training step to profile")
         cuda = ctx.device.type == "cuda"
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
         folder = ctx.profile_dir()
@@ -60,10 +59,24 @@ class TorchProfilerCollector(Collector):
                 prof.export_chrome_trace(path)
                 self.traces.append(ctx.relative(path))
 
-        with profile(activities=activities,
-                     schedule=schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active, repeat=1),
-                     on_trace_ready=ready, record_shapes=cfg.record_shapes,
-                     profile_memory=cfg.profile_memory, with_stack=cfg.with_stack) as prof:
+        with ExitStack() as stack:
+            # Every rank reaches ``everyone_ready`` whatever happens before it: under DDP a rank
+            # that stepped alone would wait in an all-reduce for the others until the timeout.
+            problem: str | None = None
+            if ctx.step is None:
+                problem = "no training step to profile"
+            else:
+                try:
+                    prof = stack.enter_context(profile(
+                        activities=activities, schedule=schedule(wait=cfg.wait, warmup=cfg.warmup, active=cfg.active,
+                                                                 repeat=1),
+                        on_trace_ready=ready, record_shapes=cfg.record_shapes, profile_memory=cfg.profile_memory,
+                        with_stack=cfg.with_stack))
+                except Exception as exc:  # the profiler's start-up (Kineto, CUPTI) failing on this rank
+                    problem = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            if not ctx.everyone_ready(problem is None):
+                return self.fail(problem or "the torch profiler could not start on another rank, so no rank profiled")
+            assert ctx.step is not None
             for _ in range(cfg.wait + cfg.warmup + cfg.active):
                 ctx.step()
                 if cuda:
