@@ -1,29 +1,53 @@
 #!/usr/bin/env bash
-# One-shot GPU check, prepared for a short lease on a GPU machine:
+# One-shot GPU check, prepared for a short lease on a GPU machine that has torch but no package
+# index. Here, first: `bash scripts/gpu-wheels.sh` (the missing pure-Python dependencies, into
+# .whl/), then on the GPU machine, with .whl carried along:
 #   bash scripts/gpu-smoke.sh [OUT_DIR]
-# Runs suites/gpu-smoke.yaml (cuda, dp at world_size 1, ddp with nccl at world_size 1, the CNN),
-# the CUDA-marked tests, and prints the results table plus the key fields of each case.
+# It runs suites/gpu-smoke.yaml (cuda, dp at world_size 1, ddp with nccl at world_size 1, the CNN)
+# and prints each case's key fields, then the tests marked `cuda` (tests/test_cuda.py: every
+# collector on a real GPU). Exit status: the suite's, or the tests' if the suite passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-/tmp}/gpu-smoke}"
 export PYTHONUNBUFFERED=1
-# The GPU machine may lack the project's pure-Python dependencies; install them without touching torch.
-python3 -c "import pydantic, rich, yaml, plotly, jinja2, psutil, scipy, jsonschema" 2>/dev/null \
-  || python3 -m pip install -q --no-deps -e . 2>/dev/null
+# The source tree itself, not an install: an editable install would need the build backend
+# from the index. Case processes and torchrun's ranks inherit PYTHONPATH.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 3
+  export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH"
+fi
+if ! python3 -c "import pydantic, rich, yaml, plotly, jinja2, psutil, scipy, jsonschema, ruptures, pynvml, torch"; then
+  echo "gpu-smoke: dependencies missing: run scripts/gpu-wheels.sh on a machine with an index, carry .whl" >&2
+  exit 3
+fi
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+command -v py-spy || echo "py-spy: not found"
 python3 -m bench run suites/gpu-smoke.yaml --out "$out" --quiet
 status=$?
-python3 - "$out/results.json" <<'PY'
+if [ -f "$out/results.json" ]; then
+  python3 - "$out/results.json" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))
 print("environment:", {k: doc["environment"].get(k) for k in ("torch", "cuda", "gpus")})
 for c in doc["cases"]:
     m = c.get("metrics") or {}
-    thr = (m.get("throughput") or {})
+    thr = m.get("throughput") or {}
+    col = c.get("collectors") or {}
+    nvml = (col.get("nvml") or {}).get("summary") or {}
+    flops = col.get("flops") or {}
     print(c["id"], c["status"], c.get("error") or "", "device=%s" % c.get("device"), "backend=%s" % c.get("backend"),
           "thr=%.1f" % thr.get("median", 0), "ci=%s" % thr.get("ci_rel_half_width"),
           "cuda_alloc_mb=%s" % m.get("cuda_peak_allocated_mb"),
-          "collectors=%s" % {k: (v or {}).get("error") for k, v in (c.get("collectors") or {}).items()})
+          "util_mean=%s power_w=%s J/sample=%s" % (nvml.get("util_mean"), nvml.get("power_mean_w"),
+                                                   nvml.get("energy_per_sample_j")),
+          "mfu=%s (%s)" % (flops.get("mfu"), flops.get("peak_source")),
+          "collector errors=%s" % {k: v.get("error") for k, v in col.items() if (v or {}).get("error")})
 PY
-python3 -m pytest -q -m cuda tests 2>&1 | tail -5
-exit $status
+fi
+python3 -m pytest -q -m cuda -p no:cacheprovider tests
+tests=$?
+[ "$status" -ne 0 ] && exit "$status"
+exit "$tests"

@@ -87,3 +87,17 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
     out = tmp_path_factory.mktemp("smoke") / "out"
     result = bench("run", "suites/smoke.yaml", "--out", out, *TINY, timeout=300)
     return SmokeRun(result, out)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` need a CUDA device; without one they are skipped with the reason."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; this machine has none")
+    for item in marked:
+        item.add_marker(skip)
