@@ -332,20 +332,6 @@ def _counting_steps(ctx: CaseContext) -> list[int]:
     return count
 
 
-def test_torch_profiler_runs_no_step_when_another_rank_could_not_start_it(tmp_path: Path) -> None:
-    ctx = _ctx(tmp_path, profile="torch", profiler={"wait": 0, "warmup": 1, "active": 1})
-    told: list[float] = []
-    ctx.agree = lambda value: told.append(value) or max(value, 1.0)
-    steps = _counting_steps(ctx)
-    collector = TorchProfilerCollector(ctx)
-    CollectorSet([collector]).after()
-    record = collector.record()
-    assert told == [0.0]
-    assert record["error"] == "the torch profiler could not start on another rank, so no rank profiled"
-    assert steps == [0]
-    assert not list((tmp_path / "profiles").rglob("*.gz"))
-
-
 def test_torch_profiler_that_cannot_start_tells_the_other_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(**_: Any) -> Any:
         raise RuntimeError("CUPTI_ERROR_INSUFFICIENT_PRIVILEGES\n(second line)")
@@ -408,22 +394,27 @@ def test_pyspy_that_took_no_samples_says_to_sample_longer(tmp_path: Path, monkey
     assert record["flamegraph"] is None
 
 
-@pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
-def test_pyspy_runs_no_step_when_another_rank_could_not_start_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("profile", "collector_class", "expected"), [
+    ("torch", TorchProfilerCollector, "the torch profiler could not start on another rank, so no rank profiled"),
+    pytest.param("pyspy", PySpyCollector, "py-spy could not start on another rank, so no rank sampled",
+                 marks=pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")),
+])
+def test_a_profiler_runs_no_step_when_another_rank_could_not_start_it(
+        tmp_path: Path, profile: str, collector_class: type[Collector], expected: str) -> None:
     # Under DDP every extra step all-reduces: a rank that stepped alone would wait for the others
-    # until the case's timeout. Here this rank's py-spy starts and another rank's does not.
-    ctx = _ctx(tmp_path, profile="pyspy", profiler={"pyspy_seconds": 0.2})
+    # until the case's timeout. Here this rank's profiler starts and another rank's does not.
+    ctx = _ctx(tmp_path, profile=profile, profiler={"wait": 0, "warmup": 1, "active": 1, "pyspy_seconds": 0.2})
     _measured(ctx, throughput=1600.0)
     told: list[float] = []
     ctx.agree = lambda value: told.append(value) or max(value, 1.0)
     steps = _counting_steps(ctx)
-    collector = PySpyCollector(ctx)
+    collector = collector_class(ctx)
     CollectorSet([collector]).after()
-    record = collector.record()
     assert told == [0.0], "this rank said it was ready, once"
-    assert record["error"] == "py-spy could not start on another rank, so no rank sampled"
+    assert collector.record()["error"] == expected
     assert steps == [0]
     assert not [p for p in psutil.Process().children() if p.name() == "py-spy"], "recorders are gone"
+    assert not [p for p in (tmp_path / "profiles").rglob("*") if p.is_file()], "no file was written"
 
 
 def test_pyspy_that_cannot_start_tells_the_other_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
