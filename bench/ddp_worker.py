@@ -106,6 +106,27 @@ def _merge_collectors(record: dict[str, Any], ranks: list[dict[str, Any]]) -> No
     if isinstance(prof, dict) and prof.get("error") is None:
         traces = [t for r in ranks for t in ((r["collectors"].get("torch_profiler") or {}).get("traces") or [])]
         prof["traces"] = list(dict.fromkeys(traces))
+    _join_gpu_telemetry(record, ranks)
+
+
+def _join_gpu_telemetry(record: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
+    """Each rank samples its own GPU; the case's telemetry covers all of them (the energy per
+    sample of one rank's GPU is its share only). Where some rank has no telemetry (its error is
+    among the warnings), the sums of power and energy are null: a partial total would read as the
+    whole."""
+    from bench.collectors.nvml import combine_summaries
+
+    nvml = (record.get("collectors") or {}).get("nvml")
+    if not isinstance(nvml, dict) or nvml.get("error") is not None:
+        return
+    have = [(r["rank"], r["collectors"]["nvml"]) for r in ranks
+            if (r["collectors"].get("nvml") or {}).get("error") is None and r["collectors"]["nvml"].get("per_device")]
+    per_device = [{**d, "rank": rank} for rank, t in have for d in t["per_device"]]
+    devices = [{**d, "rank": rank} for rank, t in have for d in t.get("devices") or []]
+    summary = combine_summaries([d["summary"] for d in per_device])
+    if len(have) < len(ranks):
+        summary.update(power_mean_w=None, energy_j=None, energy_per_sample_j=None)
+    nvml.update(per_device=per_device, devices=devices, summary=summary)
 
 
 def aggregate(record: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,14 @@ from fakes.fake_pynvml import FakeGpu, FakeNvml, NVMLError_DriverNotLoaded, NVML
 
 from bench.collectors import CaseContext, CollectorSet
 from bench.collectors import nvml as nvml_mod
-from bench.collectors.nvml import NvmlCollector, NvmlSampler, find_device, normalize_uuid, summarize
+from bench.collectors.nvml import (
+    NvmlCollector,
+    NvmlSampler,
+    combine_summaries,
+    find_device,
+    normalize_uuid,
+    summarize,
+)
 from bench.measure import Measurement
 from bench.suite import CaseParams
 
@@ -75,6 +82,49 @@ def test_collector_maps_the_torch_device_to_nvml_by_uuid_not_by_index(fake: Fake
     assert fake.initialised == 0, "NVML is shut down again after the region"
 
 
+def test_dataparallel_samples_every_gpu_it_replicates_on_and_sums_their_power_and_energy(
+        fake: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's cuda:0 is NVML's device 1 and cuda:1 is NVML's device 0.
+    uuids = {0: UUID_B.removeprefix("GPU-"), 1: UUID_A.removeprefix("GPU-")}
+    monkeypatch.setattr(nvml_mod, "torch_device_uuid", lambda device: uuids[device.index or 0])
+    params = CaseParams.model_validate({"model": "mlp", "mode": "dp", "world_size": 2, "nvml_interval": 0.01})
+    ctx = CaseContext(params=params, device=torch.device("cuda:0"), out_dir=None, case_id="c", batch=128)
+    collector = NvmlCollector(ctx)
+    with CollectorSet([collector]):
+        origin = time.perf_counter()
+        time.sleep(0.05)
+    ctx.measurement = Measurement(batch_size=128, steps_per_window=1, window_start=[origin],
+                                  window_seconds=[0.04])
+    record = collector.record()
+    assert record["error"] is None
+    assert [(d["device"], d["nvml_index"]) for d in record["devices"]] == [("cuda:0", 1), ("cuda:1", 0)]
+    first, second = (d["summary"] for d in record["per_device"])
+    assert (first["util_mean"], first["power_mean_w"]) == (97.0, 612.5)
+    assert (second["util_mean"], second["power_mean_w"]) == (5.0, 60.0)
+    summary = record["summary"]
+    assert summary["devices"] == 2
+    assert summary["util_mean"] == 51.0 and summary["util_max"] == 97.0
+    assert summary["power_mean_w"] == 672.5
+    assert set(record["samples"]["util"]) == {97.0}, "the time series is the first device's"
+
+
+def test_a_case_summary_over_gpus_sums_what_adds_up_and_leaves_an_incomplete_sum_null() -> None:
+    a = {"util_mean": 90.0, "util_max": 99.0, "power_mean_w": 600.0, "sm_clock_mean_mhz": 1900.0,
+         "mem_used_max_mb": 3000.0, "temp_max_c": 70.0, "energy_j": 1200.0, "energy_source": "counter",
+         "energy_per_sample_j": 0.5, "span_s": 2.0, "samples": 10}
+    b = {**a, "util_mean": 70.0, "util_max": 80.0, "power_mean_w": 400.0, "mem_used_max_mb": 5000.0,
+         "energy_j": 800.0, "energy_per_sample_j": 0.25, "span_s": 2.1, "samples": 11}
+    both = combine_summaries([a, b])
+    assert both == {"util_mean": 80.0, "util_max": 99.0, "power_mean_w": 1000.0, "sm_clock_mean_mhz": 1900.0,
+                    "mem_used_max_mb": 5000.0, "temp_max_c": 70.0, "energy_j": 2000.0, "energy_source": "counter",
+                    "energy_per_sample_j": 0.75, "span_s": 2.1, "samples": 10, "devices": 2}
+    partial = combine_summaries([a, {**b, "power_mean_w": None, "energy_j": None, "energy_per_sample_j": None,
+                                     "energy_source": None}])
+    assert (partial["power_mean_w"], partial["energy_j"], partial["energy_per_sample_j"]) == (None, None, None)
+    assert partial["energy_source"] == "mixed"
+    assert combine_summaries([a]) == {**a, "devices": 1}
+
+
 def test_uuids_match_with_or_without_the_gpu_prefix_and_in_any_case() -> None:
     assert normalize_uuid("GPU-ABCD-12") == normalize_uuid(b"abcd-12") == "abcd-12"
     nvml = FakeNvml([FakeGpu(UUID_A), FakeGpu(UUID_B)])
@@ -120,7 +170,7 @@ def test_a_missing_nvidia_ml_py_records_null_fields_with_the_reason(monkeypatch:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
     record = _run(NvmlCollector(_ctx()), 0)
     assert record["error"].startswith("NVML unavailable: nvidia-ml-py is not installed")
-    assert record == {"devices": None, "samples": None, "summary": None, "metric_errors": None,
+    assert record == {"devices": None, "samples": None, "summary": None, "per_device": None, "metric_errors": None,
                       "interval_s": None, "error": record["error"]}
 
 

@@ -66,6 +66,11 @@ def test_nvml_finds_the_cases_gpu_by_uuid_and_samples_the_measured_windows(cuda_
     assert summary["power_mean_w"] > 0
     assert summary["energy_per_sample_j"] > 0
     assert len(nvml["samples"]["t"]) == len(nvml["samples"]["util"])
+    # DDP's ranks sample their own GPU and the launcher joins them (one rank here).
+    ddp = cases["ddp"]["collectors"]["nvml"]
+    assert ddp["error"] is None
+    assert [d["rank"] for d in ddp["per_device"]] == [0]
+    assert ddp["summary"]["devices"] == 1 and ddp["summary"]["energy_per_sample_j"] > 0
 
 
 def test_flops_give_an_mfu_between_zero_and_one_where_the_peak_is_known(cuda_run: Any) -> None:

@@ -287,3 +287,41 @@ def test_a_ddp_record_names_every_ranks_profiler_files_and_the_errors_only_some_
     # The NVML error is already in the record (every rank met it); the py-spy one only rank 1 met.
     assert out["warnings"] == ["rank 1: collector pyspy: py-spy did not start"]
     assert all("collectors" not in r for r in out["ranks"])
+
+
+def _nvml(rank: int, power: float, per_sample: float) -> dict:
+    summary = {"util_mean": 50.0 + rank, "util_max": 60.0, "power_mean_w": power, "sm_clock_mean_mhz": 1800.0,
+               "mem_used_max_mb": 1000.0, "temp_max_c": 60.0, "energy_j": power * 2, "energy_source": "counter",
+               "energy_per_sample_j": per_sample, "span_s": 2.0, "samples": 10}
+    return {"error": None, "devices": [{"device": "cuda:0", "nvml_index": rank, "name": "H100", "uuid": f"GPU-{rank}"}],
+            "samples": {"t": [0.0], "util": [50.0]}, "summary": {**summary, "devices": 1},
+            "per_device": [{"device": "cuda:0", "uuid": f"GPU-{rank}", "summary": summary}]}
+
+
+def test_a_ddp_record_joins_every_ranks_gpu_telemetry_into_the_cases() -> None:
+    from bench.ddp_worker import _rank_summary, aggregate
+
+    records = [_rank_record(0, {"nvml": _nvml(0, 600.0, 0.3)}), _rank_record(1, {"nvml": _nvml(1, 400.0, 0.2)})]
+    summaries = [_rank_summary(rank, rank, 64, rec) for rank, rec in enumerate(records)]
+    nvml = aggregate(records[0], summaries)["collectors"]["nvml"]
+    assert [(d["rank"], d["uuid"]) for d in nvml["devices"]] == [(0, "GPU-0"), (1, "GPU-1")]
+    assert [d["rank"] for d in nvml["per_device"]] == [0, 1]
+    # Each rank's energy per sample is its GPU's share of the global samples: the case's is their sum.
+    assert nvml["summary"]["energy_per_sample_j"] == pytest.approx(0.5)
+    assert nvml["summary"]["power_mean_w"] == 1000.0
+    assert nvml["summary"]["util_mean"] == 50.5 and nvml["summary"]["devices"] == 2
+    assert nvml["samples"] == {"t": [0.0], "util": [50.0]}, "the time series stays the writer's"
+
+
+def test_a_ddp_record_without_one_ranks_telemetry_sums_no_power_or_energy() -> None:
+    from bench.ddp_worker import _rank_summary, aggregate
+
+    missing = {"error": "NVML unavailable: Driver Not Loaded", "devices": None, "samples": None, "summary": None,
+               "per_device": None}
+    records = [_rank_record(0, {"nvml": _nvml(0, 600.0, 0.3)}), _rank_record(1, {"nvml": missing})]
+    summaries = [_rank_summary(rank, rank, 64, rec) for rank, rec in enumerate(records)]
+    out = aggregate(records[0], summaries)
+    summary = out["collectors"]["nvml"]["summary"]
+    assert summary["devices"] == 1 and summary["util_mean"] == 50.0
+    assert (summary["power_mean_w"], summary["energy_j"], summary["energy_per_sample_j"]) == (None, None, None)
+    assert out["warnings"] == ["rank 1: collector nvml: NVML unavailable: Driver Not Loaded"]

@@ -177,20 +177,67 @@ def summarize(t: list[float], series: dict[str, list[float | None]], window: tup
     }
 
 
+def combine_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for a case over several GPUs (DataParallel, or DDP's ranks): utilisation and
+    clock averaged, maxima of maxima, and power, energy and energy per sample summed, since each
+    device's share is divided by the case's global throughput. A sum with a missing part is null:
+    a partial total would read as the whole."""
+
+    def present(key: str) -> list[float] | None:
+        values = [s.get(key) for s in summaries]
+        return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
+
+    def total(key: str) -> float | None:
+        values = present(key)
+        return sum(values) if values is not None else None
+
+    sources = {s.get("energy_source") for s in summaries}
+    return {
+        "util_mean": _mean([s.get("util_mean") for s in summaries]),
+        "util_max": _max([s.get("util_max") for s in summaries]),
+        "power_mean_w": total("power_mean_w"),
+        "sm_clock_mean_mhz": _mean([s.get("sm_clock_mean_mhz") for s in summaries]),
+        "mem_used_max_mb": _max([s.get("mem_used_max_mb") for s in summaries]),
+        "temp_max_c": _max([s.get("temp_max_c") for s in summaries]),
+        "energy_j": total("energy_j"),
+        "energy_source": sources.pop() if len(sources) == 1 else "mixed",
+        "energy_per_sample_j": total("energy_per_sample_j"),
+        "span_s": _max([s.get("span_s") for s in summaries]),
+        "samples": min((int(s.get("samples") or 0) for s in summaries), default=0),
+        "devices": len(summaries),
+    }
+
+
 def _round(values: list[float | None], digits: int) -> list[float | None]:
     return [None if v is None else round(v, digits) for v in values]
 
 
 class NvmlCollector(Collector):
+    """Samples every GPU the case's process drives: its device, or under DataParallel each of the
+    ``world_size`` devices it replicates the model on (DDP ranks sample their own, and the launcher
+    joins them). ``samples`` is the first device's time series, ``per_device`` each device's
+    summary, ``summary`` the case's (``combine_summaries``)."""
+
     name = "nvml"
-    fields = ("devices", "samples", "summary", "metric_errors", "interval_s")
+    fields = ("devices", "samples", "summary", "per_device", "metric_errors", "interval_s")
 
     def __init__(self, ctx: CaseContext) -> None:
         super().__init__(ctx)
         self._nvml: Any = None
-        self._sampler: NvmlSampler | None = None
+        self._samplers: list[NvmlSampler] = []
         self._thread: PeriodicSampler | None = None
         self.devices: list[dict[str, Any]] = []
+
+    def _torch_devices(self) -> list[torch.device]:
+        import torch
+
+        if self.ctx.params.mode == "dp":
+            return [torch.device("cuda", i) for i in range(self.ctx.params.world_size)]
+        return [self.ctx.device]
+
+    def _sample(self) -> None:
+        for sampler in self._samplers:
+            sampler.sample()
 
     def start(self) -> None:
         try:
@@ -205,11 +252,11 @@ class NvmlCollector(Collector):
         try:
             if self.ctx.device.type != "cuda":
                 return self.fail(f"the case runs on {self.ctx.device.type}: no GPU to sample")
-            uuid = torch_device_uuid(self.ctx.device)
-            handle, info = find_device(nvml, uuid)
-            self.devices = [{"device": str(self.ctx.device), **info}]
-            self._sampler = NvmlSampler(nvml, handle)
-            self._thread = PeriodicSampler(self._sampler.sample, self.ctx.params.nvml_interval, "bench-nvml")
+            for device in self._torch_devices():
+                handle, info = find_device(nvml, torch_device_uuid(device))
+                self.devices.append({"device": str(device), **info})
+                self._samplers.append(NvmlSampler(nvml, handle))
+            self._thread = PeriodicSampler(self._sample, self.ctx.params.nvml_interval, "bench-nvml")
             self._thread.start()
         finally:
             if self._thread is None:
@@ -232,24 +279,31 @@ class NvmlCollector(Collector):
             self._shutdown()
 
     def result(self) -> dict[str, Any]:
-        s = self._sampler
-        assert s is not None and s.t
+        assert self._samplers and self._samplers[0].t
         m = self.ctx.measurement
-        origin = m.window_start[0] if m and m.window_start else s.t[0]
+        first = self._samplers[0]
+        origin = m.window_start[0] if m and m.window_start else first.t[0]
         window = (m.window_start[0], m.window_start[-1] + m.window_seconds[-1]) if m and m.window_start else None
         throughput = None
         if m and m.window_seconds:
             from bench.measure import median
 
             throughput = median(m.window_throughput)
-        summary = summarize(s.t, s.series, window, throughput)
-        step = -(-len(s.t) // MAX_SAMPLES)  # thin long series evenly, keeping at most MAX_SAMPLES
-        energy0 = next((e for e in s.series["energy_j"] if e is not None), 0.0)
-        samples: dict[str, list[float | None]] = {"t": _round([x - origin for x in s.t[::step]], 4)}
+        per_device = [{"device": info["device"], "uuid": info["uuid"],
+                       "summary": summarize(s.t, s.series, window, throughput)}
+                      for info, s in zip(self.devices, self._samplers, strict=True)]
+        step = -(-len(first.t) // MAX_SAMPLES)  # thin long series evenly, keeping at most MAX_SAMPLES
+        energy0 = next((e for e in first.series["energy_j"] if e is not None), 0.0)
+        samples: dict[str, list[float | None]] = {"t": _round([x - origin for x in first.t[::step]], 4)}
         for name in SERIES:
-            values = s.series[name][::step]
+            values = first.series[name][::step]
             if name == "energy_j":  # the counter counts since the driver loaded; start it at zero
                 values = [None if v is None else v - energy0 for v in values]
             samples[name] = _round(values, 2)
-        return {"devices": self.devices, "samples": samples, "summary": summary,
-                "metric_errors": dict(s.metric_errors), "interval_s": self.ctx.params.nvml_interval}
+        errors: dict[str, str] = {}
+        for info, s in zip(self.devices, self._samplers, strict=True):
+            for metric, why in s.metric_errors.items():
+                errors.setdefault(metric, why if len(self._samplers) == 1 else f"{info['device']}: {why}")
+        return {"devices": self.devices, "samples": samples,
+                "summary": combine_summaries([d["summary"] for d in per_device]), "per_device": per_device,
+                "metric_errors": errors, "interval_s": self.ctx.params.nvml_interval}
