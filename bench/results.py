@@ -22,6 +22,12 @@ from bench.errors import OutputError, ResultsError
 if TYPE_CHECKING:
     import pandas as pd
 
+# The results format. Each change, and whether older readers can read the new files:
+#   1  first version.
+#      Additions within 1 (optional keys; readers of 1 ignore them): collectors.nvml.per_device
+#      and summary.devices (telemetry of every GPU of a case); ranks[].files and
+#      ranks[].collector_errors (ddp).
+# A key removed or changing meaning needs a new version, and readers refuse versions they do not know.
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.json"
 # A results file of 1,000 cases with raw samples is a few MB; anything far larger is not ours.
