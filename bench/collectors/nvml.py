@@ -183,13 +183,10 @@ def combine_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     device's share is divided by the case's global throughput. A sum with a missing part is null:
     a partial total would read as the whole."""
 
-    def present(key: str) -> list[float] | None:
-        values = [s.get(key) for s in summaries]
-        return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
-
     def total(key: str) -> float | None:
-        values = present(key)
-        return sum(values) if values is not None else None
+        values: list[float | None] = [s.get(key) for s in summaries]
+        real = [v for v in values if v is not None]
+        return sum(real) if len(real) == len(values) else None
 
     sources = {s.get("energy_source") for s in summaries}
     return {

@@ -15,17 +15,22 @@ def _number(value: Any) -> float:
     return as_float(value) or 0.0
 
 
+# What each kind of saved file is, by the collector field that names it.
+KINDS = {"traces": "torch profiler trace (open in Perfetto or chrome://tracing)",
+         "flamegraph": "py-spy flame graph (SVG)", "speedscope": "py-spy profile (open in speedscope)"}
+
+
 def _artifacts(r: CaseRow) -> list[tuple[str, str]]:
     """(kind, path relative to the results folder) for every file a profiler named."""
     found: list[tuple[str, str]] = []
     torch_prof = r.collector("torch_profiler") or {}
     for trace in torch_prof.get("traces") or []:
         if isinstance(trace, str) and trace:
-            found.append(("torch profiler trace (open in Perfetto or chrome://tracing)", trace))
+            found.append((KINDS["traces"], trace))
     pyspy = r.collector("pyspy") or {}
-    for key, kind in (("flamegraph", "py-spy flame graph (SVG)"), ("speedscope", "py-spy profile (open in speedscope)")):
+    for key in ("flamegraph", "speedscope"):
         if isinstance(pyspy.get(key), str) and pyspy[key]:
-            found.append((kind, pyspy[key]))
+            found.append((KINDS[key], pyspy[key]))
     # Under DDP every rank saves its own files; the record names the writing rank's above.
     named = {path for _, path in found}
     for rank in r.case.get("ranks") or []:
@@ -39,11 +44,12 @@ def _artifacts(r: CaseRow) -> list[tuple[str, str]]:
 
 
 def _kind(path: str) -> str:
+    """``ranks[].files`` lists paths only; the collectors name them with these endings."""
     if path.endswith(".svg"):
-        return "py-spy flame graph (SVG)"
+        return KINDS["flamegraph"]
     if path.endswith(".speedscope.json"):
-        return "py-spy profile (open in speedscope)"
-    return "torch profiler trace (open in Perfetto or chrome://tracing)"
+        return KINDS["speedscope"]
+    return KINDS["traces"]
 
 
 def _top_ops(r: CaseRow) -> tuple[list[dict[str, Any]], str]:
