@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "change points marked; runs on different environments are separate series.")
     p.add_argument("results_dir", type=Path, help="folder searched (recursively) for results.json files")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip results files that cannot be read, with a warning each (default: exit 2)")
     _plotlyjs_arg(p)
     p.set_defaults(func=cmd_history)
     return parser
@@ -200,9 +202,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         previous = load_run(args.resume).doc
         # Unless told otherwise, resume exactly what was started: same suite, --set and --only.
-        args.suite = args.suite or previous["suite"]["path"]
-        args.overrides = args.overrides or previous["run"].get("overrides") or []
-        args.only = args.only or previous["run"].get("only")
+        args.suite = args.suite or previous.suite.path
+        args.overrides = args.overrides or previous.run.overrides
+        args.only = args.only or previous.run.only
     if not args.suite:
         raise UsageError("run: give a suite file (or --resume DIR)")
     suite = suite_mod.load(args.suite, args.overrides).select(args.only)
@@ -264,7 +266,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _comparisons(runs: list[Any]) -> list[Any] | None:
     """Verdicts of every later run against the first (the baseline), for the report's comparison
-    view; runs that share no case with the baseline are shown without verdicts."""
+    view; a run that shares no case with the baseline is shown without verdicts, and a warning
+    says so."""
     if len(runs) < 2:
         return None
     from bench import compare
@@ -274,7 +277,8 @@ def _comparisons(runs: list[Any]) -> list[Any] | None:
         try:
             found.append(compare.compare_runs(runs[0], run))
         except UsageError:
-            continue
+            print(f"bench: warning: {run.path}: shares no case id with the baseline {runs[0].path}; "
+                  f"the report shows it without verdicts", file=sys.stderr)
     return found or None
 
 
@@ -301,9 +305,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from bench import history
 
-    found = history.load_history(args.results_dir)
+    found = history.load_history(args.results_dir, skip_invalid=args.skip_invalid)
     for problem in found.skipped:
         print(f"bench: warning: skipped {problem}", file=sys.stderr)
+    for warning in found.warnings:
+        print(f"bench: warning: {warning}", file=sys.stderr)
     path = history.write_history(found, args.out, inline_plotlyjs=not args.link_plotlyjs)
     print(f"history: {len(found.runs)} run(s), {len(found.series)} series, "
           f"{sum(len(s.change_points) for s in found.series)} change point(s): {path}")

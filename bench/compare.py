@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from bench.environment import differences, fingerprint
 from bench.errors import BenchError, UsageError
+from bench.records import CaseRecord, Environment, finite
 from bench.results import Run, write_output
 from bench.rules import Rule, pct, resolve_rules
 
@@ -87,8 +89,8 @@ class Comparison:
     rules: tuple[Rule, ...] = ()
     alpha: float = ALPHA
     correction: Correction = "bh"
-    base_env: Mapping[str, Any] = field(default_factory=dict)
-    new_env: Mapping[str, Any] = field(default_factory=dict)
+    base_env: Environment | None = None
+    new_env: Environment | None = None
 
     def with_verdict(self, verdict: Verdict) -> list[MetricComparison]:
         return [r for r in self.rows if r.verdict == verdict]
@@ -252,14 +254,14 @@ def _inconclusive(case_id: str, rule: Rule, why: str, base: float = math.nan, ne
                             f"Inconclusive: case {case_id!r} {why}", str(rule), n[0], n[1])
 
 
-def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: dict[str, Any], n_case: dict[str, Any],
+def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, n_case: CaseRecord,
              min_samples: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> MetricComparison | _Pending:
     """The values of one metric of one case, or a finished row when they cannot be tested; sample
     pairs to test are appended to ``pairs``."""
     for case, run in ((b_case, base), (n_case, new)):
-        if case["status"] != "ok":
-            why = f": {case['error']}" if case.get("error") else ""
-            return _inconclusive(case_id, rule, f"is {case['status']} in {run.label}{why}")
+        if case.status != "ok":
+            why = f": {case.error}" if case.error else ""
+            return _inconclusive(case_id, rule, f"is {case.status} in {run.label}{why}")
     spec = rule.spec
     b_samples, n_samples = np.asarray(spec.samples(b_case)), np.asarray(spec.samples(n_case))
     n = (len(b_samples), len(n_samples))
@@ -287,8 +289,8 @@ def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None,
     """Compare every case the two runs share, for every rule's metric (default: throughput:-5%).
     Raises UsageError when they share no case."""
     chosen = resolve_rules(rules)
-    base_cases = {c["id"]: c for c in base.cases}
-    new_cases = {c["id"]: c for c in new.cases}
+    base_cases = {c.id: c for c in base.cases}
+    new_cases = {c.id: c for c in new.cases}
     common = [i for i in new_cases if i in base_cases]
     added = [i for i in new_cases if i not in base_cases]
     removed = [i for i in base_cases if i not in new_cases]
@@ -318,7 +320,7 @@ def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None,
             _message(verdict, item.rule, item.case_id, item.base, item.new, change, ci, p, name),
             str(item.rule), item.n_base, item.n_new, p_raw))
     return Comparison(base.label, new.label, rows, added, removed,
-                      environment_differences(base.environment, new.environment), chosen, alpha, correction,
+                      differences(base.environment, new.environment), chosen, alpha, correction,
                       base.environment, new.environment)
 
 
@@ -330,50 +332,6 @@ def _few(ids: list[str], limit: int = 5) -> str:
 
 
 # --- environment -------------------------------------------------------------------------------
-
-def _gpus(env: Mapping[str, Any]) -> str | None:
-    names = [str(g.get("name")) for g in env.get("gpus") or [] if isinstance(g, dict)]
-    return ", ".join(names) if names else None
-
-
-def _driver(env: Mapping[str, Any]) -> str | None:
-    for key in ("driver", "nvidia_driver", "driver_version"):
-        if env.get(key):
-            return str(env[key])
-    drivers = {str(g.get("driver")) for g in env.get("gpus") or [] if isinstance(g, dict) and g.get("driver")}
-    return ", ".join(sorted(drivers)) or None
-
-
-# The facts that change timings: a difference in any of them makes a comparison a comparison of
-# machines. The hostname is left out on purpose: CI runners are fresh machines with new names.
-FINGERPRINT: dict[str, Any] = {
-    "CPU model": lambda e: e.get("cpu_model"),
-    "cores": lambda e: e.get("cores_available") or e.get("cores_logical"),
-    "torch threads": lambda e: e.get("torch_threads"),
-    "GPUs": _gpus,
-    "GPU driver": _driver,
-    "torch": lambda e: e.get("torch"),
-    "CUDA": lambda e: e.get("cuda"),
-    "cuDNN": lambda e: e.get("cudnn"),
-    "Python": lambda e: e.get("python"),
-}
-
-
-def fingerprint(env: Mapping[str, Any]) -> dict[str, str]:
-    """The timing-relevant facts of an environment, as text ('-' where unknown)."""
-    return {name: "-" if (v := get(env)) is None else str(v) for name, get in FINGERPRINT.items()}
-
-
-def fingerprint_key(env: Mapping[str, Any]) -> str:
-    """A short text that is equal for two environments exactly when their fingerprints are."""
-    fp = fingerprint(env)
-    return " / ".join(f"{k} {v}" for k, v in fp.items() if v != "-")
-
-
-def environment_differences(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    a, b = fingerprint(base), fingerprint(new)
-    return [f"{key}: {a[key]} → {b[key]}" for key in FINGERPRINT if a[key] != b[key]]
-
 
 def check_environment(comparison: Comparison, strict: bool) -> None:
     if strict and comparison.env_differences:
@@ -387,19 +345,9 @@ def _sorted_rows(comparison: Comparison) -> list[MetricComparison]:
                                                   else -r.change, r.case_id))
 
 
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    return value
-
-
 def to_json(comparison: Comparison) -> dict[str, Any]:
     """Every verdict and the settings that produced them (NaN written as null)."""
-    return _finite_or_none({
+    return finite({
         "base": comparison.base_label,
         "new": comparison.new_label,
         "rules": [str(r) for r in comparison.rules],
@@ -410,9 +358,13 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "added": comparison.added,
         "removed": comparison.removed,
         "env_differences": comparison.env_differences,
-        "fingerprints": {"base": fingerprint(comparison.base_env), "new": fingerprint(comparison.new_env)},
+        "fingerprints": {"base": _fingerprint(comparison.base_env), "new": _fingerprint(comparison.new_env)},
         "rows": [asdict(r) for r in comparison.rows],
     })
+
+
+def _fingerprint(env: Environment | None) -> dict[str, str]:
+    return fingerprint(env) if env is not None else {}
 
 
 def write_json(comparison: Comparison, path: Path) -> None:
@@ -471,7 +423,7 @@ def to_markdown(comparison: Comparison) -> str:
     if c.env_differences:
         lines += ["> [!WARNING]", "> The runs' environments differ, so changes may come from the machine, "
                   "not the code:"] + [f"> - {_md(d)}" for d in c.env_differences] + [""]
-    a, b = fingerprint(c.base_env), fingerprint(c.new_env)
+    a, b = _fingerprint(c.base_env), _fingerprint(c.new_env)
     lines += ["<details><summary>Environment fingerprints</summary>", "", "| | base | new |", "| --- | --- | --- |"]
     lines += [f"| {k}{' ⚠️' if a[k] != b[k] else ''} | {_md(a[k])} | {_md(b[k])} |" for k in a]
     lines += ["", "</details>", ""]

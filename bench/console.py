@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bench.records import CaseRecord
 from bench.suite import Case, Suite
 
 _err = Console(stderr=True)
@@ -49,17 +51,16 @@ class ProgressObserver:
     def case_started(self, case: Case) -> None:
         self.progress.update(self.task, description=f"[bold]{case.id}")
 
-    def case_finished(self, case: Case, record: dict[str, Any]) -> None:
+    def case_finished(self, case: Case, record: CaseRecord) -> None:
         self.progress.advance(self.task)
         if not self.enabled:
             return
-        status = record["status"]
+        status = record.status
         line = f"[{_STYLE[status]}]{status:>7}[/] {case.id}"
-        thr = (record.get("metrics") or {}).get("throughput")
-        if thr:
-            line += f"  {thr['median']:.1f} samples/s"
-        if record.get("error"):
-            line += f"  [dim]{record['error'][:160]}[/]"
+        if record.throughput is not None:
+            line += f"  {record.throughput:.1f} samples/s"
+        if record.error:
+            line += f"  [dim]{escape(record.error[:160])}[/]"
         self.progress.console.print(line, markup=True, highlight=False, soft_wrap=True)
 
 
@@ -67,20 +68,21 @@ def _num(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
 
-def print_results(records: list[dict[str, Any]]) -> None:
+def print_results(records: list[CaseRecord]) -> None:
     table = Table(title="results", show_lines=False)
     for col, justify in [("case", "left"), ("status", "left"), ("samples/s", "right"), ("95% CI", "right"),
                          ("step p50 ms", "right"), ("step p95 ms", "right"), ("peak RSS MiB", "right")]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in records:
-        m = r.get("metrics") or {}
-        thr = m.get("throughput") or {}
-        ci = thr.get("ci95")
-        rel = thr.get("ci_rel_half_width")
-        ci_text = f"±{rel:.1%}" if isinstance(rel, float) and ci else "-"
-        step = m.get("step_time_ms") or {}
-        table.add_row(r["id"], f"[{_STYLE[r['status']]}]{r['status']}[/]", _num(thr.get("median"), ".1f"), ci_text,
-                      _num(step.get("p50"), ".2f"), _num(step.get("p95"), ".2f"), _num(m.get("peak_rss_mb"), ".0f"))
+        m = r.metrics
+        status = f"[{_STYLE[r.status]}]{r.status}[/]"
+        if m is None:
+            table.add_row(escape(r.id), status, "-", "-", "-", "-", "-")
+            continue
+        rel = m.throughput.ci_rel_half_width
+        ci_text = f"±{rel:.1%}" if rel is not None else "-"
+        table.add_row(escape(r.id), status, _num(m.throughput.median, ".1f"), ci_text,
+                      _num(m.step_time_ms.p50, ".2f"), _num(m.step_time_ms.p95, ".2f"), _num(m.peak_rss_mb, ".0f"))
     # Not a terminal (CI logs, pipes): rich would wrap at 80 columns; case ids deserve more.
     out = Console()
     if not out.is_terminal:

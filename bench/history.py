@@ -14,7 +14,7 @@ This is the idea of E-divisive as Apache Otava and MongoDB use it (a penalised s
 series into levels), with an exact solver instead of a permutation test, which a handful of
 runs could not support.
 
-Runs whose environment fingerprints differ (``bench.compare.fingerprint_key``) are separate
+Runs whose environment fingerprints differ (``bench.environment.fingerprint_key``) are separate
 series: a new machine is not a change point of the code.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.compare import fingerprint_key
+from bench.environment import fingerprint_key
 from bench.errors import BenchError, ResultsError
 from bench.results import RESULTS_NAME, Run, load_run, write_output
 from bench.rules import METRICS
@@ -73,7 +73,8 @@ class History:
     root: Path
     runs: list[Run]
     series: list[Series]
-    skipped: list[str]  # files that could not be read, each with the reason
+    skipped: list[str]  # files that could not be read, each with the reason (``skip_invalid``)
+    warnings: list[str]  # runs placed by a guess (no readable time), each named
 
 
 def find_results(root: Path) -> list[Path]:
@@ -85,23 +86,26 @@ def find_results(root: Path) -> list[Path]:
     return found
 
 
+_UNKNOWN_TIME = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
 def _time(run: Run) -> dt.datetime:
-    """When the run was measured: the environment's time, else the run's start."""
-    for text in (run.environment.get("time"), run.doc["run"].get("started")):
+    """When the run was measured: the environment's time, else the run's start; the earliest
+    possible time when neither can be read (the caller warns)."""
+    for text in (run.environment.time, run.doc.run.started):
         try:
-            when = dt.datetime.fromisoformat(str(text))
+            when = dt.datetime.fromisoformat(text)
         except ValueError:
             continue
         return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-    return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return _UNKNOWN_TIME
 
 
 def commit_label(run: Run) -> str:
-    git = run.environment.get("git") or {}
-    commit = str(git.get("commit") or "")[:10]
-    if not commit:
+    git = run.environment.git
+    if git is None or not git.commit:
         return "-"
-    return commit + ("+dirty" if git.get("dirty") else "")
+    return git.commit[:10] + ("+dirty" if git.dirty else "")
 
 
 def detect_change_points(values: Sequence[float], min_segment: int = MIN_SEGMENT,
@@ -135,9 +139,10 @@ def _levels(values: Sequence[float], starts: list[int]) -> list[ChangePoint]:
     return out
 
 
-def load_history(root: Path, metric: str = "throughput") -> History:
-    """Read every results file under ``root`` (unreadable ones are skipped and listed), order the
-    runs by time and build one series per case and environment fingerprint."""
+def load_history(root: Path, metric: str = "throughput", *, skip_invalid: bool = False) -> History:
+    """Read every results file under ``root``, order the runs by time and build one series per
+    case and environment fingerprint. A file that cannot be read is an error (a trend drawn
+    without it would hide it), unless ``skip_invalid``: then it is skipped and listed."""
     spec = METRICS.get(metric)
     runs: list[Run] = []
     skipped: list[str] = []
@@ -145,27 +150,31 @@ def load_history(root: Path, metric: str = "throughput") -> History:
         try:
             runs.append(load_run(path, label=str(path.parent.relative_to(root)) or path.parent.name))
         except BenchError as exc:
+            if not skip_invalid:
+                raise
             skipped.append(str(exc))
     if not runs:
         raise ResultsError(f"{root}: none of the {len(skipped)} results file(s) could be read; first: {skipped[0]}")
+    warnings = [f"{run.path}: no readable time (environment.time {run.environment.time!r}, run.started "
+                f"{run.doc.run.started!r}); placed first in the history" for run in runs if _time(run) == _UNKNOWN_TIME]
     runs.sort(key=lambda r: (_time(r), str(r.path)))
     points: dict[tuple[str, str], list[Point]] = {}
     for order, run in enumerate(runs):
         key = fingerprint_key(run.environment)
         for case in run.cases:
-            value = spec.value(case) if case["status"] == "ok" else None
+            value = spec.value(case) if case.ok else None
             if value is None or value <= 0:
                 continue
-            ci = ((case.get("metrics") or {}).get(metric) or {}).get("ci95") if metric == "throughput" else None
-            points.setdefault((case["id"], key), []).append(Point(
+            ci = case.metrics.throughput.ci95 if metric == "throughput" and case.metrics is not None else None
+            points.setdefault((case.id, key), []).append(Point(
                 order, run.label, str(run.path), _time(run).isoformat(), commit_label(run), value,
-                (float(ci[0]), float(ci[1])) if ci and None not in ci else None))
+                (float(ci[0]), float(ci[1])) if ci and ci[0] is not None and ci[1] is not None else None))
     series = []
     for (case_id, key), pts in points.items():
         values = [p.value for p in pts]
         series.append(Series(case_id, key, pts, _levels(values, detect_change_points(values))))
     series.sort(key=lambda s: (s.case_id, s.points[0].time))
-    return History(root, runs, series, skipped)
+    return History(root, runs, series, skipped, warnings)
 
 
 # --- the page ----------------------------------------------------------------------------------

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
 
 from bench.errors import OutputError, ResultsError
+from bench.records import CaseRecord, Environment, ResultsDoc, RunInfo, ScalingEntry, SuiteInfo, dump
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 #      and summary.devices (telemetry of every GPU of a case); ranks[].files and
 #      ranks[].collector_errors (ddp).
 # A key removed or changing meaning needs a new version, and readers refuse versions they do not know.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 RESULTS_NAME = "results.json"
 # A results file of 1,000 cases with raw samples is a few MB; anything far larger is not ours.
 MAX_RESULTS_BYTES = 64 * 2**20
@@ -36,24 +37,6 @@ MAX_RESULTS_BYTES = 64 * 2**20
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@cache
-def schema() -> dict[str, Any]:
-    path = Path(__file__).with_name("results.schema.json")
-    loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return loaded
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or Infinity; store them as null so every reader can parse the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _read_umask() -> int:
@@ -118,32 +101,30 @@ class ResultsWriter:
     """Holds the run document and rewrites ``results.json`` atomically after every case, so an
     interrupted run keeps every case that finished."""
 
-    def __init__(self, out_dir: Path, suite: dict[str, Any], environment: dict[str, Any],
-                 run: dict[str, Any], cases: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, out_dir: Path, suite: SuiteInfo, environment: Environment, run: dict[str, Any],
+                 cases: list[CaseRecord] | None = None) -> None:
         self.path = out_dir / RESULTS_NAME
-        self.doc: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "suite": suite,
-            "run": {"started": now(), "finished": None, "status": "running", **run},
-            "environment": environment,
-            "cases": list(cases or []),
-        }
+        self.doc = ResultsDoc(
+            schema_version=SCHEMA_VERSION, suite=suite,
+            run=RunInfo.model_validate({"started": now(), "finished": None, "status": "running", **run}),
+            environment=environment, cases=list(cases or []))
         self.flush()
 
-    def add(self, case: dict[str, Any]) -> None:
-        self.doc["cases"].append(case)
+    def add(self, case: CaseRecord) -> None:
+        self.doc.cases.append(case)
         self.flush()
 
-    def finish(self, status: str = "complete", extra: dict[str, Any] | None = None) -> None:
-        self.doc["run"]["finished"] = now()
-        self.doc["run"]["status"] = status
-        if extra:
-            self.doc.update(extra)
+    def finish(self, status: Literal["complete", "interrupted"] = "complete",
+               scaling: list[ScalingEntry] | None = None) -> None:
+        self.doc.run.finished = now()
+        self.doc.run.status = status
+        if scaling is not None:
+            self.doc.scaling = scaling
         self.flush()
 
     def flush(self) -> None:
         try:
-            atomic_write_text(self.path, json.dumps(_finite(self.doc), indent=1, allow_nan=False))
+            atomic_write_text(self.path, json.dumps(dump(self.doc), indent=1, allow_nan=False))
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot write results ({exc.strerror or exc})") from None
 
@@ -154,20 +135,18 @@ class Run:
 
     path: Path
     label: str
-    doc: dict[str, Any]
+    doc: ResultsDoc
 
     @property
-    def cases(self) -> list[dict[str, Any]]:
-        cases: list[dict[str, Any]] = self.doc["cases"]
-        return cases
+    def cases(self) -> list[CaseRecord]:
+        return self.doc.cases
 
     @property
-    def environment(self) -> dict[str, Any]:
-        env: dict[str, Any] = self.doc["environment"]
-        return env
+    def environment(self) -> Environment:
+        return self.doc.environment
 
-    def case(self, case_id: str) -> dict[str, Any] | None:
-        return next((c for c in self.cases if c["id"] == case_id), None)
+    def case(self, case_id: str) -> CaseRecord | None:
+        return next((c for c in self.cases if c.id == case_id), None)
 
 
 def resolve_results_path(path: Path) -> Path:
@@ -204,83 +183,44 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise ResultsError(f"{file}: {exc}") from None
     except OSError as exc:
         raise ResultsError(f"{file}: cannot read ({exc.strerror})") from None
-    validate_doc(doc, str(file))
-    return Run(path=file, label=label or default_label(file), doc=doc)
+    return Run(path=file, label=label or default_label(file), doc=validate_doc(doc, str(file)))
 
 
 def default_label(file: Path) -> str:
     return file.parent.name or file.stem
 
 
-def validate_doc(doc: Any, source: str) -> None:
+def validate_doc(doc: Any, source: str) -> ResultsDoc:
+    """The typed document, or a ResultsError naming the file and the key path of the first
+    problem (every case is checked, whatever its position)."""
     if not isinstance(doc, dict):
         raise ResultsError(f"{source}: not a bench results file (top level is not an object)")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ResultsError(f"{source}: schema_version: {version!r} is not supported "
                            f"(this bench reads version {SCHEMA_VERSION})")
-    import jsonschema
-
-    # jsonschema checks every element of every raw sample array one by one, which is most of
-    # the time for a large file (seconds for 1,000 cases). It sees a short prefix of each long
-    # array instead; _check_long_arrays checks the full arrays with plain loops.
-    validator = jsonschema.Draft202012Validator(schema())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(_schema_view(doc)))
-    if error is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-        raise ResultsError(f"{source}: {where or 'top level'}: {' '.join(error.message.split())[:300]}")
-    _check_long_arrays(doc, source)
+    try:
+        typed = ResultsDoc.model_validate(doc)
+    except ValidationError as exc:
+        raise ResultsError(f"{source}: {describe_validation(exc)}") from None
     seen: set[str] = set()
-    for i, case in enumerate(doc["cases"]):
-        if case["id"] in seen:
-            raise ResultsError(f"{source}: cases[{i}].id: duplicate case id {case['id']!r}")
-        seen.add(case["id"])
+    for i, case in enumerate(typed.cases):
+        if case.id in seen:
+            raise ResultsError(f"{source}: cases[{i}].id: duplicate case id {case.id!r}")
+        seen.add(case.id)
+    return typed
 
 
-_PREFIX = 8
-# Raw sample arrays whose every element must be a positive (or non-negative) number.
-_POSITIVE = ("window_throughput", "window_s")
-_NON_NEGATIVE = ("step_time_ms",)
-
-
-def _schema_view(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _schema_view(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_schema_view(v) for v in node[:_PREFIX]] if len(node) > _PREFIX else [_schema_view(v) for v in node]
-    return node
-
-
-def _check_long_arrays(doc: dict[str, Any], source: str) -> None:
-    def walk(node: Any, where: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{where}.{k}" if where else str(k))
-        elif isinstance(node, list) and len(node) > _PREFIX:
-            # The schema saw the first elements; the rest must be of the same kind.
-            kinds = {_kind(v) for v in node[:_PREFIX]}
-            for i in range(_PREFIX, len(node)):
-                if _kind(node[i]) not in kinds:
-                    raise ResultsError(f"{source}: {where}[{i}]: {node[i]!r} does not match the elements before it")
-                if isinstance(node[i], (dict, list)):
-                    walk(node[i], f"{where}[{i}]")
-
-    walk(doc, "")
-    for i, case in enumerate(doc["cases"]):
-        samples = case.get("samples") or {}
-        for key, positive in [(k, True) for k in _POSITIVE] + [(k, False) for k in _NON_NEGATIVE]:
-            for j, v in enumerate(samples.get(key) or []):
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or (v <= 0 if positive else v < 0):
-                    raise ResultsError(f"{source}: cases[{i}].samples.{key}[{j}]: {v!r} is not a "
-                                       f"{'positive' if positive else 'non-negative'} number")
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    return type(value).__name__
+def describe_validation(exc: ValidationError) -> str:
+    """The first error of a validation as ``key.path[3].name: message (got VALUE)``."""
+    error = exc.errors(include_url=False)[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    message = error["msg"]
+    if error["type"] == "missing":
+        message = "required key is missing"
+    elif "input" in error and not isinstance(error["input"], (dict, list)):
+        message += f" (got {error['input']!r:.80})"
+    return f"{where or 'top level'}: {' '.join(message.split())[:300]}"
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
@@ -309,14 +249,13 @@ def to_dataframe(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         for case in run.cases:
-            row: dict[str, Any] = {"run": run.label, "suite": run.doc["suite"]["name"], "id": case["id"],
-                                   "status": case["status"], "error": case.get("error")}
-            _flatten("params", case["params"], row)
-            metrics = dict(case.get("metrics") or {})
-            ci = (metrics.get("throughput") or {}).get("ci95")
-            _flatten("metrics", metrics, row)
-            if ci:
-                row.pop("metrics.throughput.ci95", None)
-                row["metrics.throughput.ci95_low"], row["metrics.throughput.ci95_high"] = ci
+            row: dict[str, Any] = {"run": run.label, "suite": run.doc.suite.name, "id": case.id,
+                                   "status": case.status, "error": case.error}
+            _flatten("params", case.params.as_dict(), row)
+            if case.metrics is not None:
+                metrics = dump(case.metrics)
+                low, high = metrics["throughput"].pop("ci95")
+                _flatten("metrics", metrics, row)
+                row["metrics.throughput.ci95_low"], row["metrics.throughput.ci95_high"] = low, high
             rows.append(row)
     return pd.DataFrame(rows)

@@ -12,10 +12,13 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import UsageError
 from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from bench.records import CaseRecord
 
 
 @dataclass(frozen=True)
@@ -23,21 +26,21 @@ class MetricSpec:
     """Where a metric lives in a case record and which direction is better."""
 
     unit: str
-    value_path: tuple[str, ...]  # into case["metrics"]: the single summary value
-    samples_key: str | None  # into case["samples"]: raw samples, or None when there are none
+    value_path: tuple[str, ...]  # attributes of a case's metrics: the single summary value
+    samples_key: str | None  # an attribute of a case's samples: raw samples, or None when there are none
     higher_is_better: bool
 
-    def value(self, case: dict[str, Any]) -> float | None:
-        node: Any = case.get("metrics") or {}
+    def value(self, case: CaseRecord) -> float | None:
+        node: Any = case.metrics
         for key in self.value_path:
-            node = node.get(key) if isinstance(node, dict) else None
+            node = getattr(node, key, None)
         return float(node) if isinstance(node, (int, float)) and math.isfinite(node) else None
 
-    def samples(self, case: dict[str, Any]) -> list[float]:
-        if self.samples_key is None:
+    def samples(self, case: CaseRecord) -> list[float]:
+        if self.samples_key is None or case.samples is None:
             return []
-        raw = (case.get("samples") or {}).get(self.samples_key) or []
-        return [float(v) for v in raw if isinstance(v, (int, float)) and math.isfinite(v)]
+        raw: list[float] = getattr(case.samples, self.samples_key)
+        return [float(v) for v in raw]
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
+from pydantic import ValidationError
 
 from bench import environment
 from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
 from bench.measure import step_time_summary, thin, throughput_summary
-from bench.results import ResultsWriter, now, prepare_output
+from bench.records import CaseRecord, Environment, ResultsDoc, SuiteInfo, finite
+from bench.results import ResultsWriter, describe_validation, now, prepare_output
 from bench.scaling import analyze
 from bench.suite import Case, Suite
 
@@ -38,7 +40,7 @@ class Interrupted(Exception):
 class Observer(Protocol):
     def suite_started(self, suite: Suite, out_dir: Path) -> None: ...
     def case_started(self, case: Case) -> None: ...
-    def case_finished(self, case: Case, record: dict[str, Any]) -> None: ...
+    def case_finished(self, case: Case, record: CaseRecord) -> None: ...
 
 
 class _Silent:
@@ -48,7 +50,7 @@ class _Silent:
     def case_started(self, case: Case) -> None:
         pass
 
-    def case_finished(self, case: Case, record: dict[str, Any]) -> None:
+    def case_finished(self, case: Case, record: CaseRecord) -> None:
         pass
 
 
@@ -149,15 +151,29 @@ class CaseLauncher:
 class RunOutcome:
     out_dir: Path
     results_path: Path
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[CaseRecord] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
-        return sum(r["status"] == "failed" for r in self.records)
+        return sum(r.status == "failed" for r in self.records)
 
 
 def _case_record(case: Case, started: str, duration: float, result: dict[str, Any],
-                 log: str | None) -> dict[str, Any]:
+                 log: str | None) -> CaseRecord:
+    """The typed record of a case from what its process sent. A message that does not validate
+    is a bug of ours or a broken worker: the case fails with the reason rather than losing the run."""
+    raw = _raw_record(case, started, duration, result, log)
+    try:
+        return CaseRecord.model_validate(finite(raw))
+    except ValidationError as exc:
+        raw.update(status="failed", metrics=None, samples=None, collectors={},
+                   error=f"the case's record does not validate: {describe_validation(exc)}")
+        raw.pop("ranks", None)
+        return CaseRecord.model_validate(finite(raw))
+
+
+def _raw_record(case: Case, started: str, duration: float, result: dict[str, Any],
+                log: str | None) -> dict[str, Any]:
     return {
         "id": case.id,
         "params": case.params_json(),
@@ -205,7 +221,7 @@ def pool_repeats(results: list[dict[str, Any]], target_ci: float) -> dict[str, A
 
 
 def _run_one(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
-             env: dict[str, Any]) -> dict[str, Any]:
+             env: Environment) -> dict[str, Any]:
     # Profilers run in the first process only: the pooled record keeps that process's collector
     # records, and later ones would overwrite the files those records name with others' profiles.
     later = replace(case, params=case.params.model_copy(update={"profile": ()}))
@@ -215,12 +231,12 @@ def _run_one(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path:
 
 
 def _run_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
-                 env: dict[str, Any]) -> dict[str, Any]:
+                 env: Environment) -> dict[str, Any]:
     if case.params.mode != "ddp":
         if cluster.multi_node:
             return {"status": "skipped", "error": "multi-node run: only ddp cases run across nodes"}
         return launcher.run_case(case, out_dir, log_path)
-    reason = skip_reason(case, cluster, cores=env.get("cores_available") or 1, gpus=len(env.get("gpus") or []))
+    reason = skip_reason(case, cluster, cores=env.cores_available or 1, gpus=len(env.gpus))
     if reason is not None:
         return {"status": "skipped", "error": reason}
     work_dir = out_dir / "ranks" / case.id if out_dir is not None else None
@@ -233,7 +249,7 @@ def _run_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_p
 
 def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[str] | None = None,
               only: str | None = None, observer: Observer | None = None, cluster: Cluster | None = None,
-              previous: dict[str, Any] | None = None,
+              previous: ResultsDoc | None = None,
               after_case: Callable[[ResultsWriter], None] | None = None) -> RunOutcome:
     """Run every case of ``suite`` in isolation and write ``out_dir/results.json`` after each.
 
@@ -251,33 +267,31 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
     launcher = CaseLauncher()
-    env = environment.fingerprint(launcher.probe())
-    done: list[dict[str, Any]] = []
+    env = Environment.model_validate(environment.collect(launcher.probe()))
+    done: list[CaseRecord] = []
     run_info: dict[str, Any] = {"argv": argv, "overrides": list(overrides or []), "only": only,
                                 "nnodes": cluster.nnodes}
     if previous is not None:
-        if previous["suite"]["name"] != suite.name:
-            raise UsageError(f"{out_dir}: holds a run of suite {previous['suite']['name']!r}, not {suite.name!r}")
+        if previous.suite.name != suite.name:
+            raise UsageError(f"{out_dir}: holds a run of suite {previous.suite.name!r}, not {suite.name!r}")
         wanted = {c.id for c in suite.cases}
-        done = [c for c in previous["cases"] if c["id"] in wanted]
-        run_info["resumed"] = [*previous["run"].get("resumed", []), now()]
-        run_info["started"] = previous["run"]["started"]
+        done = [c for c in previous.cases if c.id in wanted]
+        run_info["resumed"] = [*previous.run.resumed, now()]
+        run_info["started"] = previous.run.started
         # The fingerprint of the first session stays; a resume on another machine mixes numbers
         # from two machines, so the run says so (with the same fingerprint `bench compare` uses).
-        from bench.compare import environment_differences
-
-        if environment_differences(previous["environment"], env):
+        if environment.differences(previous.environment, env):
             run_info["resumed_on_other_machine"] = True
-        env = previous["environment"]
-    writer = ResultsWriter(out_dir, suite={"name": suite.name, "path": suite.path, "source": suite.source},
+        env = previous.environment
+    writer = ResultsWriter(out_dir, suite=SuiteInfo(name=suite.name, path=suite.path, source=suite.source),
                            environment=env, run=run_info, cases=done)
     outcome = RunOutcome(out_dir=out_dir, results_path=writer.path, records=list(done))
-    finished = {c["id"] for c in done}
+    finished = {c.id: c for c in done}
     obs.suite_started(suite, out_dir)
     try:
         for case in suite.cases:
             if case.id in finished:
-                obs.case_finished(case, next(c for c in done if c["id"] == case.id))
+                obs.case_finished(case, finished[case.id])
                 continue
             obs.case_started(case)
             log_path = logs / f"{case.id}.log"
@@ -295,12 +309,12 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
             if after_case is not None:
                 after_case(writer)
     except KeyboardInterrupt:
-        writer.finish("interrupted", {"scaling": analyze(outcome.records)})
+        writer.finish("interrupted", analyze(outcome.records))
         raise Interrupted(f"interrupted: {len(outcome.records)} of {len(suite.cases)} cases finished "
                           f"and saved in {writer.path}; continue with: bench run --resume {out_dir}") from None
     finally:
         _stop_forkserver()
-    writer.finish("complete", {"scaling": analyze(outcome.records)})
+    writer.finish("complete", analyze(outcome.records))
     return outcome
 
 

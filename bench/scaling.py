@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bench.records import CaseRecord, Params, ScalingEntry
+
 # Parameters that may differ within one scaling group.
 _SCALING_AXES = {"world_size", "mode", "device", "backend"}
 
@@ -22,37 +24,36 @@ def _group_key(params: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in params.items() if k not in _SCALING_AXES}, sort_keys=True)
 
 
-def _group_label(params: dict[str, Any]) -> str:
-    model = params["model"].get("name") or params["model"].get("import") or "model"
+def _group_label(params: Params) -> str:
+    model = params.model.get("name") or params.model.get("import") or "model"
     # The scaling kind is a field of its own (the report shows it beside the group).
-    parts = [str(model).removeprefix("torchvision:"), params["optimizer"]["name"], params["activation"],
-             f"bs{params['batch_size']}"]
+    parts = [str(model).removeprefix("torchvision:"), str(params.optimizer.get("name")), params.activation,
+             f"bs{params.batch_size}"]
     return " ".join(parts)
 
 
-def analyze(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def analyze(cases: list[CaseRecord]) -> list[ScalingEntry]:
     """One entry per ok dp/ddp case whose group has a world_size 1 baseline of the same mode."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[CaseRecord]] = {}
     for case in cases:
-        if case["status"] != "ok" or case["params"]["mode"] not in ("dp", "ddp") or not case.get("metrics"):
+        if not case.ok or case.params.mode not in ("dp", "ddp"):
             continue
-        groups.setdefault(_group_key(case["params"]), []).append(case)
-    out: list[dict[str, Any]] = []
+        groups.setdefault(_group_key(case.params.as_dict()), []).append(case)
+    out: list[ScalingEntry] = []
     for members in groups.values():
         for mode in ("dp", "ddp"):
-            of_mode = sorted((c for c in members if c["params"]["mode"] == mode),
-                             key=lambda c: c["params"]["world_size"])
-            base = next((c for c in of_mode if c["params"]["world_size"] == 1), None)
-            if base is None:
+            of_mode = sorted((c for c in members if c.params.mode == mode), key=lambda c: c.params.world_size)
+            base = next((c for c in of_mode if c.params.world_size == 1), None)
+            if base is None or base.throughput is None:
                 continue
-            thr_1 = base["metrics"]["throughput"]["median"]
+            thr_1 = base.throughput
             for c in of_mode:
-                n = c["params"]["world_size"]
-                thr = c["metrics"]["throughput"]["median"]
+                n = c.params.world_size
+                thr = c.throughput
+                assert thr is not None  # ok cases have metrics
                 speedup = thr / thr_1
-                out.append({
-                    "group": _group_label(c["params"]), "mode": mode, "world_size": n, "case_id": c["id"],
-                    "baseline_case": base["id"], "scaling": c["params"].get("scaling", "weak"),
-                    "device": c.get("device"), "throughput": thr, "speedup": speedup, "efficiency": speedup / n,
-                })
-    return sorted(out, key=lambda e: (e["group"], e["mode"], e["world_size"]))
+                out.append(ScalingEntry(
+                    group=_group_label(c.params), mode=mode, world_size=n, case_id=c.id, baseline_case=base.id,
+                    scaling=str(c.params.extra("scaling", "weak")), device=c.device, throughput=thr,
+                    speedup=speedup, efficiency=speedup / n))
+    return sorted(out, key=lambda e: (e.group, e.mode, e.world_size))

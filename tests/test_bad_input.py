@@ -155,4 +155,4 @@ def test_a_mutated_results_file_either_loads_or_raises_a_one_line_results_error(
         assert str(exc).startswith(f"{path}: ")
         assert "\n" not in str(exc)
     else:
-        assert all(c["status"] in ("ok", "failed", "skipped") for c in run.cases)
+        assert all(c.status in ("ok", "failed", "skipped") for c in run.cases)

@@ -24,7 +24,7 @@ def profile_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
                    "--set", "profiler.pyspy_seconds=0.5", timeout=300)
     assert result.returncode == 0, result.stderr
     run = load_run(out)  # also checks results.json against its schema
-    return out, {case["id"]: case for case in run.doc["cases"]}
+    return out, {case.id: case.model_dump(mode="json") for case in run.cases}
 
 
 def test_profile_suite_runs_a_torch_and_a_pyspy_case(profile_run: Any) -> None:

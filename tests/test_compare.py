@@ -17,14 +17,15 @@ from bench.compare import (
     adjust,
     bootstrap_medians,
     compare_runs,
-    environment_differences,
     judge,
     mann_whitney,
     ratio_ci,
     to_json,
     to_markdown,
 )
+from bench.environment import differences
 from bench.errors import UsageError
+from bench.records import Environment, ResultsDoc
 from bench.results import Run
 from bench.rules import DEFAULT_RULES, Rule, resolve_rules
 
@@ -32,21 +33,32 @@ ENV = {"python": "3.11.7", "torch": "2.14.1", "cpu_model": "Xeon", "cores_logica
        "torch_threads": 2, "hostname": "a", "time": "2026-01-01T00:00:00+00:00", "gpus": [], "cuda": None}
 
 
+PARAMS = {"model": {"name": "mlp"}, "optimizer": {"name": "sgd"}, "activation": "relu", "loss": "cross_entropy",
+          "data": {"name": "synthetic"}, "mode": "cpu", "world_size": 1, "batch_size": 16, "lr": 0.01}
+RECORD = {"params": PARAMS, "warnings": [], "started": "2026-01-01T00:00:00+00:00", "duration_s": 1.0}
+
+
 def case(case_id: str, throughput: list[float] | None, rss: float = 500.0, status: str = "ok",
          steps: list[float] | None = None) -> dict[str, Any]:
     if status != "ok" or throughput is None:
-        return {"id": case_id, "status": status, "error": "RuntimeError: boom", "metrics": None, "samples": None}
+        return {**RECORD, "id": case_id, "status": status, "error": "RuntimeError: boom", "metrics": None,
+                "samples": None}
     steps = steps if steps is not None else [1000 * 16 / t for t in throughput]
-    return {"id": case_id, "status": "ok", "error": None,
-            "metrics": {"throughput": {"median": float(np.median(throughput))},
+    windows = len(throughput)
+    return {**RECORD, "id": case_id, "status": "ok", "error": None,
+            "metrics": {"throughput": {"median": float(np.median(throughput)), "ci95": [None, None]},
                         "step_time_ms": {"p50": float(np.median(steps)), "p95": float(np.percentile(steps, 95))},
-                        "peak_rss_mb": rss},
-            "samples": {"window_throughput": list(throughput), "step_time_ms": list(steps), "window_s": []}}
+                        "peak_rss_mb": rss, "threads": 2, "windows": max(windows, 1), "steps": max(windows, 1)},
+            "samples": {"window_throughput": list(throughput), "step_time_ms": list(steps),
+                        "window_s": [1.0] * windows}}
 
 
 def run(label: str, cases: list[dict[str, Any]], **env: Any) -> Run:
-    return Run(path=Path(f"/runs/{label}/results.json"), label=label,
-               doc={"cases": cases, "environment": {**ENV, **env}, "run": {}, "suite": {"name": "t"}})
+    doc = ResultsDoc.model_validate({
+        "schema_version": 1, "cases": cases, "environment": {**ENV, **env},
+        "run": {"started": "2026-01-01T00:00:00+00:00", "finished": None, "status": "complete", "argv": []},
+        "suite": {"name": "t", "path": "t.yaml", "source": {}}})
+    return Run(path=Path(f"/runs/{label}/results.json"), label=label, doc=doc)
 
 
 def noisy(median: float, n: int = 20, cv: float = 0.02, seed: int = 0) -> list[float]:
@@ -243,10 +255,12 @@ def test_fifty_unchanged_cases_raise_no_alarm_after_correction() -> None:
 
 
 def test_environment_differences_name_each_timing_relevant_fact_but_not_the_hostname() -> None:
-    other = {**ENV, "torch": "2.15.0", "hostname": "b", "gpus": [{"name": "NVIDIA H100", "driver": "550.1"}]}
-    assert environment_differences(ENV, other) == ["GPUs: - → NVIDIA H100", "GPU driver: - → 550.1",
-                                                   "torch: 2.14.1 → 2.15.0"]
-    assert environment_differences(ENV, {**ENV, "hostname": "b", "time": "later"}) == []
+    def env(**changes: Any) -> Environment:
+        return Environment.model_validate({**ENV, **changes})
+
+    other = env(torch="2.15.0", hostname="b", gpus=[{"name": "NVIDIA H100", "driver": "550.1"}])
+    assert differences(env(), other) == ["GPUs: - → NVIDIA H100", "GPU driver: - → 550.1", "torch: 2.14.1 → 2.15.0"]
+    assert differences(env(), env(hostname="b", time="later")) == []
 
 
 # --- outputs -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from conftest import bench
 
 from bench.history import commit_label, detect_change_points, load_history
+from bench.records import ResultsDoc
 
 DATA = Path(__file__).parent / "data" / "compare"
 EVIL = "<img src=x onerror=alert(1)>"
@@ -72,7 +73,7 @@ def history_dir(tmp_path: Path) -> Path:
 
 
 def test_history_orders_runs_by_time_and_splits_series_by_environment(history_dir: Path) -> None:
-    found = load_history(history_dir)
+    found = load_history(history_dir, skip_invalid=True)
     assert len(found.runs) == 12
     assert len(found.skipped) == 1 and "broken/results.json: line 299" in found.skipped[0]
     same_machine = [s for s in found.series if "Intel" in s.fingerprint]
@@ -91,7 +92,9 @@ def test_commit_label_is_short_and_marks_local_changes() -> None:
     from bench.results import Run
 
     def run(git: Any) -> Run:
-        return Run(Path("x"), "x", {"environment": {"git": git}})
+        doc = json.loads((DATA / "base.json").read_text())
+        doc["environment"]["git"] = git
+        return Run(Path("x"), "x", ResultsDoc.model_validate(doc))
 
     assert commit_label(run({"commit": "0123456789abcdef", "dirty": True})) == "0123456789+dirty"
     assert commit_label(run(None)) == "-"
@@ -99,7 +102,11 @@ def test_commit_label_is_short_and_marks_local_changes() -> None:
 
 def test_history_cli_writes_a_page_and_reports_what_it_found(history_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "trend.html"
-    proc = bench("history", history_dir, "--out", out)
+    refused = bench("history", history_dir, "--out", out)
+    assert refused.returncode == 2 and not out.exists()
+    assert refused.stderr_lines == [f"bench: {history_dir / 'broken' / 'results.json'}: line 299, column 21: "
+                                    f"not valid JSON: Expecting ',' delimiter (the file looks truncated)"]
+    proc = bench("history", history_dir, "--out", out, "--skip-invalid")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"history: 12 run(s), 5 series, 2 change point(s): {out}"
     assert proc.stderr.startswith("bench: warning: skipped ") and "broken/results.json" in proc.stderr
@@ -123,7 +130,7 @@ def test_trend_page_draws_every_figure_in_a_browser_and_shows_names_as_text(hist
     if chromium is None:
         pytest.skip("no chromium on PATH")
     out = tmp_path / "trend.html"
-    assert bench("history", history_dir, "--out", out).returncode == 0
+    assert bench("history", history_dir, "--out", out, "--skip-invalid").returncode == 0
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()

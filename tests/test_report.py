@@ -100,7 +100,7 @@ def test_report_over_two_runs_compares_each_case_with_the_first_run(smoke_run: A
 def test_comparison_cells_take_the_verdict_of_the_supplied_comparisons(tmp_path: Path) -> None:
     base = load_run(write_doc(tmp_path / "base", make_doc(4, problems=False)))
     new = load_run(write_doc(tmp_path / "new", make_doc(4, problems=False, speed=0.9)))
-    ids = [c["id"] for c in base.cases]
+    ids = [c.id for c in base.cases]
 
     def row(case_id: str, change: float, verdict: str) -> SimpleNamespace:
         return SimpleNamespace(case_id=case_id, metric="throughput", base=100.0, new=100 * (1 + change),

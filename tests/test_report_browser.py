@@ -159,7 +159,7 @@ def test_a_gpu_report_over_two_runs_shows_every_view_switches_cases_and_colours_
     base = write_doc(tmp_path / "base", make_doc(12))
     new = write_doc(tmp_path / "new", make_doc(12, speed=0.85, seed=1))
     runs = load_runs([base, new])
-    ids = [c["id"] for c in runs[0].cases[:9]]
+    ids = [c.id for c in runs[0].cases[:9]]
     rows = [SimpleNamespace(case_id=i, metric="throughput", base=100.0, new=100.0 * (1 + ch), change=ch,
                             ci95=(ch - 0.02, ch + 0.02), p_value=0.01, verdict=v, message=f"{v} by the rule -5%")
             for i, (ch, v) in zip(ids, [(-0.15, "regression"), (0.08, "improvement"), (0.01, "unchanged"),
@@ -178,7 +178,7 @@ def test_a_gpu_report_over_two_runs_shows_every_view_switches_cases_and_colours_
     assert ids[0] in (gpu.locator(".gtitle").text_content() or "")
     gpu.locator("select").select_option(index=3)
     page.wait_for_function("id => document.querySelector('#view-gpu .gtitle').textContent.includes(id)",
-                           arg=runs[0].cases[3]["id"])
+                           arg=runs[0].cases[3].id)
     assert gpu.locator(".shapelayer path").count() >= 1  # the measured windows' band
     # Verdicts colour the comparison table.
     comparison = page.locator("#view-comparison")

@@ -143,7 +143,7 @@ def make_doc(n_cases: int = 12, *, suite_name: str = "synthetic", gpu: bool = Tr
     if scaling:
         doc["scaling"] = [
             {"group": "resnet18 bs64", "mode": mode_, "world_size": ws, "case_id": f"resnet18-{mode_}-ws{ws}",
-             "throughput": 1000 * ws * eff, "speedup": ws * eff, "efficiency": eff, "scaling": "weak"}
+             "baseline_case": f"resnet18-{mode_}-ws1", "throughput": 1000 * ws * eff, "speedup": ws * eff, "efficiency": eff, "scaling": "weak"}
             for mode_, decay in (("dp", 0.18), ("ddp", 0.04)) for ws in (1, 2, 4, 8)
             for eff in [1 / (1 + decay * math.log2(ws))]]
     return doc
@@ -178,4 +178,4 @@ def test_hand_made_results_pass_the_results_schema(kwargs: dict[str, Any]) -> No
 def test_hand_made_results_load_like_a_real_results_file(tmp_path: Path) -> None:
     run = load_run(write_doc(tmp_path / "run-a", make_doc(5)))
     assert run.label == "run-a"
-    assert [c["status"] for c in run.cases] == ["ok", "ok", "ok", "skipped", "failed"]
+    assert [c.status for c in run.cases] == ["ok", "ok", "ok", "skipped", "failed"]

@@ -15,15 +15,23 @@ import pytest
 from conftest import SmokeRun, bench
 
 from bench.errors import OutputError, ResultsError
-from bench.results import SCHEMA_VERSION, ResultsWriter, load_run, load_runs, schema, to_dataframe
+from bench.records import SCHEMA_PATH, CaseRecord, Environment, SuiteInfo, json_schema, schema_text
+from bench.results import SCHEMA_VERSION, ResultsWriter, load_run, load_runs, to_dataframe
 
 SMOKE_IDS = ["mlp-sgd", "mlp-adam", "cnn-sgd", "cnn-adam"]
 
 
+def test_the_shipped_schema_is_the_one_generated_from_the_typed_records() -> None:
+    # Regenerate with `python -m bench.records` after changing bench/records.py.
+    assert SCHEMA_PATH.read_text(encoding="utf-8") == schema_text()
+
+
 def test_real_output_validates_against_the_shipped_schema(smoke_run: SmokeRun) -> None:
     doc = smoke_run.doc
-    jsonschema.Draft202012Validator.check_schema(schema())
-    assert list(jsonschema.Draft202012Validator(schema()).iter_errors(doc)) == []
+    shipped = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(shipped)
+    assert shipped == json_schema()
+    assert list(jsonschema.Draft202012Validator(shipped).iter_errors(doc)) == []
     assert doc["schema_version"] == SCHEMA_VERSION == 1
     assert doc["suite"]["name"] == "smoke"
     assert doc["run"]["status"] == "complete"
@@ -124,9 +132,14 @@ BAD_FILES = [
      "schema_version: 2 is not supported (this bench reads version 1)"),
     ("no version", lambda s: _mutated(s, lambda d: d.pop("schema_version")), "schema_version: None is not supported"),
     ("no environment", lambda s: _mutated(s, lambda d: d.pop("environment")),
-     "top level: 'environment' is a required property"),
+     "environment: required key is missing"),
     ("a case without status", lambda s: _mutated(s, lambda d: d["cases"][2].pop("status")),
-     "cases[2]: 'status' is a required property"),
+     "cases[2].status: required key is missing"),
+    ("a status that is no status", lambda s: _mutated(s, lambda d: d["cases"][3].update(status="banana")),
+     "cases[3].status: Input should be 'ok', 'failed' or 'skipped' (got 'banana')"),
+    ("a throughput that is text", lambda s: _mutated(
+        s, lambda d: d["cases"][3]["metrics"]["throughput"].update(median="fast")),
+     "cases[3].metrics.throughput.median: Input should be a valid number"),
     ("a negative throughput", lambda s: _mutated(s, lambda d: d["cases"][0]["metrics"]["throughput"].update(median=-1)),
      "cases[0].metrics"),
     ("a duplicate case id", lambda s: _mutated(s, lambda d: d["cases"][1].update(id="mlp-sgd")),
@@ -166,10 +179,20 @@ def test_the_report_command_refuses_a_bad_results_file_in_one_line(tmp_path: Pat
     assert not out.exists()
 
 
-def test_a_failed_write_leaves_the_previous_results_file_whole(tmp_path: Path,
+SUITE = SuiteInfo(name="s", path="s.yaml", source={})
+
+
+def _environment(smoke_run: SmokeRun) -> Environment:
+    return Environment.model_validate(smoke_run.doc["environment"])
+
+
+def _case(smoke_run: SmokeRun, case_id: str, **extra: Any) -> CaseRecord:
+    return CaseRecord.model_validate({**smoke_run.doc["cases"][0], "id": case_id, **extra})
+
+
+def test_a_failed_write_leaves_the_previous_results_file_whole(smoke_run: SmokeRun, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    writer = ResultsWriter(tmp_path, suite={"name": "s", "path": "s.yaml", "source": {}}, environment={},
-                           run={"argv": []})
+    writer = ResultsWriter(tmp_path, suite=SUITE, environment=_environment(smoke_run), run={"argv": []})
     before = writer.path.read_text(encoding="utf-8")
 
     def fail(src: str, dst: str) -> None:
@@ -177,15 +200,14 @@ def test_a_failed_write_leaves_the_previous_results_file_whole(tmp_path: Path,
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OutputError) as info:
-        writer.add({"id": "a"})
+        writer.add(_case(smoke_run, "a"))
     assert str(info.value) == f"{writer.path}: cannot write results (No space left on device)"
     assert writer.path.read_text(encoding="utf-8") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
-def test_a_reader_never_sees_a_partial_results_file(tmp_path: Path) -> None:
-    writer = ResultsWriter(tmp_path, suite={"name": "s", "path": "s.yaml", "source": {}}, environment={},
-                           run={"argv": []})
+def test_a_reader_never_sees_a_partial_results_file(smoke_run: SmokeRun, tmp_path: Path) -> None:
+    writer = ResultsWriter(tmp_path, suite=SUITE, environment=_environment(smoke_run), run={"argv": []})
     stop = threading.Event()
     seen: list[int] = []
 
@@ -197,7 +219,7 @@ def test_a_reader_never_sees_a_partial_results_file(tmp_path: Path) -> None:
     reader.start()
     try:
         for i in range(100):
-            writer.add({"id": f"case-{i}", "padding": "x" * 5000})
+            writer.add(_case(smoke_run, f"case-{i}", padding="x" * 5000))
     finally:
         stop.set()
         reader.join()

@@ -16,7 +16,8 @@ import pytest
 
 from bench import runner
 from bench import suite as suite_mod
-from bench.results import ResultsWriter, schema
+from bench.records import CaseRecord, Environment, json_schema
+from bench.results import ResultsWriter
 from bench.suite import Case, Suite
 
 TIMEOUT_S = 5
@@ -55,8 +56,8 @@ class Recorder:
     def case_started(self, case: Case) -> None:
         self.events.append(f"start {case.id}")
 
-    def case_finished(self, case: Case, record: dict[str, Any]) -> None:
-        self.events.append(f"finish {case.id} {record['status']}")
+    def case_finished(self, case: Case, record: CaseRecord) -> None:
+        self.events.append(f"finish {case.id} {record.status}")
 
     def after_case(self, writer: ResultsWriter) -> None:
         # What a reader sees on disk right after each case: a complete, valid document.
@@ -71,8 +72,8 @@ class RunnerRun:
     pid_file: Path
     descendants_after: list[psutil.Process]
 
-    def record(self, case_id: str) -> dict[str, Any]:
-        return next(r for r in self.outcome.records if r["id"] == case_id)
+    def record(self, case_id: str) -> CaseRecord:
+        return next(r for r in self.outcome.records if r.id == case_id)
 
 
 @pytest.fixture(scope="module")
@@ -90,66 +91,66 @@ def runner_run(tmp_path_factory: pytest.TempPathFactory) -> RunnerRun:
 
 
 def test_every_case_runs_in_order_and_the_suite_goes_on_after_failures(runner_run: RunnerRun) -> None:
-    statuses = [(r["id"].split("_")[0].split("-")[0], r["status"]) for r in runner_run.outcome.records]
+    statuses = [(r.id.split("_")[0].split("-")[0], r.status) for r in runner_run.outcome.records]
     assert statuses == [("tiny", "ok"), ("raising", "failed"), ("raising", "failed"),
                         ("out", "failed"), ("killed", "failed"), ("sleeping", "failed"), ("tiny", "ok")]
     assert runner_run.outcome.failed == 5
-    assert runner_run.outcome.records[-1]["params"]["model"]["num_classes"] == 5
+    assert runner_run.outcome.records[-1].params.model.num_classes == 5
     ids = [c.id for c in runner_run.suite.cases]
     assert runner_run.recorder.events == ["suite runner"] + [
         e for case_id, r in zip(ids, runner_run.outcome.records, strict=True)
-        for e in (f"start {case_id}", f"finish {case_id} {r['status']}")]
+        for e in (f"start {case_id}", f"finish {case_id} {r.status}")]
 
 
 def test_a_good_case_is_ok_with_metrics(runner_run: RunnerRun) -> None:
     rec = runner_run.outcome.records[0]
-    assert rec["status"] == "ok" and rec["error"] is None
-    m = rec["metrics"]
-    thr = m["throughput"]
-    assert thr["median"] > 0
-    if m["windows"] >= 2:  # a loaded machine can make one window outlast max_time
-        assert thr["ci95"][0] <= thr["median"] <= thr["ci95"][1]
-    assert 0 < m["step_time_ms"]["p50"] <= m["step_time_ms"]["p95"]
-    assert m["peak_rss_mb"] > 10
-    assert m["threads"] >= 1
-    assert m["windows"] == len(rec["samples"]["window_s"]) >= 1
-    assert m["steps"] == m["windows"] * m["steps_per_window"]
-    assert m["stop_reason"] in ("target_ci", "max_time")
-    assert rec["device"] == "cpu"
-    assert rec["params"]["batch_size"] == 4
+    assert rec.status == "ok" and rec.error is None
+    m = rec.metrics
+    thr = m.throughput
+    assert thr.median > 0
+    if m.windows >= 2:  # a loaded machine can make one window outlast max_time
+        assert thr.ci95[0] <= thr.median <= thr.ci95[1]
+    assert 0 < m.step_time_ms.p50 <= m.step_time_ms.p95
+    assert m.peak_rss_mb > 10
+    assert m.threads >= 1
+    assert m.windows == len(rec.samples.window_s) >= 1
+    assert m.steps == m.windows * m.steps_per_window
+    assert m.stop_reason in ("target_ci", "max_time")
+    assert rec.device == "cpu"
+    assert rec.params.batch_size == 4
     # Throughput of each window is batch * steps / seconds.
-    w0 = rec["samples"]["window_s"][0]
-    assert rec["samples"]["window_throughput"][0] == pytest.approx(4 * m["steps_per_window"] / w0)
+    w0 = rec.samples.window_s[0]
+    assert rec.samples.window_throughput[0] == pytest.approx(4 * m.steps_per_window / w0)
 
 
 def test_a_model_that_raises_is_failed_with_its_error_and_traceback(runner_run: RunnerRun) -> None:
     rec = runner_run.outcome.records[1]
-    assert rec["status"] == "failed"
-    assert rec["error"] == "RuntimeError: boom from a user model"
-    assert "usermodels.py" in rec["traceback"]
-    assert rec["metrics"] is None
+    assert rec.status == "failed"
+    assert rec.error == "RuntimeError: boom from a user model"
+    assert "usermodels.py" in rec.traceback
+    assert rec.metrics is None
     build = runner_run.outcome.records[2]
-    assert build["error"] == "ValueError: cannot build this model"
+    assert build.error == "ValueError: cannot build this model"
 
 
 def test_out_of_memory_is_failed_and_named_as_such(runner_run: RunnerRun) -> None:
     rec = runner_run.outcome.records[3]
-    assert rec["status"] == "failed"
-    assert rec["error"] == "out of memory: CUDA out of memory. Tried to allocate 64.00 GiB"
+    assert rec.status == "failed"
+    assert rec.error == "out of memory: CUDA out of memory. Tried to allocate 64.00 GiB"
 
 
 def test_a_case_killed_by_sigkill_is_failed(runner_run: RunnerRun) -> None:
     rec = runner_run.outcome.records[4]
-    assert rec["status"] == "failed"
-    assert rec["error"] == "worker process was killed by SIGKILL"
+    assert rec.status == "failed"
+    assert rec.error == "worker process was killed by SIGKILL"
 
 
 def test_a_hanging_case_is_failed_as_timed_out(runner_run: RunnerRun) -> None:
     rec = runner_run.outcome.records[5]
-    assert rec["params"]["timeout"] == TIMEOUT_S
-    assert rec["status"] == "failed"
-    assert rec["error"].startswith(f"timed out after {TIMEOUT_S} s")
-    assert TIMEOUT_S <= rec["duration_s"] < TIMEOUT_S + 10
+    assert rec.params.timeout == TIMEOUT_S
+    assert rec.status == "failed"
+    assert rec.error.startswith(f"timed out after {TIMEOUT_S} s")
+    assert TIMEOUT_S <= rec.duration_s < TIMEOUT_S + 10
 
 
 def test_a_timed_out_case_leaves_no_process_behind(runner_run: RunnerRun) -> None:
@@ -174,13 +175,13 @@ def test_a_timed_out_case_leaves_no_process_behind(runner_run: RunnerRun) -> Non
 def test_results_are_rewritten_after_every_case_and_valid_each_time(runner_run: RunnerRun) -> None:
     snaps = runner_run.recorder.snapshots
     assert [len(s["cases"]) for s in snaps] == list(range(1, 8))
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = jsonschema.Draft202012Validator(json_schema())
     for snap in snaps:
         assert snap["run"]["status"] == "running"
         assert list(validator.iter_errors(snap)) == []
     final = json.loads(runner_run.outcome.results_path.read_text(encoding="utf-8"))
     assert final["run"]["status"] == "complete"
-    assert [c["status"] for c in final["cases"]] == [r["status"] for r in runner_run.outcome.records]
+    assert [c["status"] for c in final["cases"]] == [r.status for r in runner_run.outcome.records]
     assert list(validator.iter_errors(final)) == []
     # The atomic writer leaves no temporary files behind.
     assert not [p for p in os.listdir(runner_run.outcome.out_dir) if p.endswith(".tmp")]
@@ -188,9 +189,9 @@ def test_results_are_rewritten_after_every_case_and_valid_each_time(runner_run: 
 
 def test_what_a_failing_case_printed_is_kept_in_its_log(runner_run: RunnerRun) -> None:
     ok, raising = runner_run.outcome.records[:2]
-    assert ok["log"] is None  # it printed nothing, so no log is kept
-    assert raising["log"] == f"logs/{raising['id']}.log"
-    log = (runner_run.outcome.out_dir / raising["log"]).read_text(encoding="utf-8")
+    assert ok.log is None  # it printed nothing, so no log is kept
+    assert raising.log == f"logs/{raising.id}.log"
+    log = (runner_run.outcome.out_dir / raising.log).read_text(encoding="utf-8")
     assert "user model: about to raise" in log
 
 
@@ -215,15 +216,15 @@ def test_repeats_pool_every_processs_windows_and_keep_each_processs_median(tmp_p
     path.write_text(REPEATS_SUITE, encoding="utf-8")
     outcome = runner.run_suite(suite_mod.load(path), tmp_path / "out", argv=["bench", "run", str(path)])
     (record,) = outcome.records
-    assert record["status"] == "ok", record["error"]
-    metrics, samples = record["metrics"], record["samples"]
-    assert metrics["repeats"] == 2
-    assert len(metrics["throughput"]["per_repeat"]) == 2
-    assert sorted(set(samples["window_repeat"])) == [0, 1]
-    assert metrics["windows"] == len(samples["window_s"]) == len(samples["window_throughput"])
+    assert record.status == "ok", record.error
+    metrics, samples = record.metrics, record.samples
+    assert metrics.repeats == 2
+    assert len(metrics.throughput.per_repeat) == 2
+    assert sorted(set(samples.window_repeat)) == [0, 1]
+    assert metrics.windows == len(samples.window_s) == len(samples.window_throughput)
     # One process profiled, and the files on disk are the ones its record names.
-    traces = record["collectors"]["torch_profiler"]["traces"]
-    assert traces == [f"profiles/{record['id']}/rank0.pt.trace.json.gz"]
+    traces = record.collectors.torch_profiler.traces
+    assert traces == [f"profiles/{record.id}/rank0.pt.trace.json.gz"]
     assert sorted(p.name for p in (tmp_path / "out" / "profiles").rglob("*") if p.is_file()) == ["rank0.pt.trace.json.gz"]
 
 
@@ -238,5 +239,7 @@ def test_only_the_first_repeat_runs_the_profilers(tmp_path: Path) -> None:
             seen.append(tuple(case.params.profile))
             return {"status": "failed", "error": "not run"}
 
-    runner._run_one(Launcher(), case, tmp_path, tmp_path / "log", runner.Cluster(), {})  # type: ignore[arg-type]
+    runner._run_one(Launcher(), case, tmp_path, tmp_path / "log", runner.Cluster(),
+                    Environment(python="3.11", torch=None, cpu_model=None, cores_logical=2, hostname="h",
+                                time="2026-01-01T00:00:00+00:00", gpus=[]))
     assert seen == [("torch",), (), ()]

@@ -67,7 +67,7 @@ def render(runs: Sequence[Run], *, inline_plotlyjs: bool = True, html_dir: Path 
     )
     env.filters["sort_text"] = sort_text
     views = build_views(runs, html_dir=html_dir, comparisons=comparisons)
-    title = ", ".join(dict.fromkeys(run.doc["suite"]["name"] for run in runs))
+    title = ", ".join(dict.fromkeys(run.doc.suite.name for run in runs))
     return env.get_template("report.html.j2").render(
         title=title, runs=runs, views=views, plotly_config=CONFIG,
         plotlyjs=plotly.offline.get_plotlyjs() if inline_plotlyjs else None,

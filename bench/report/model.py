@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
+from bench.records import CaseRecord, CollectorRecord, Metrics, Samples
 from bench.results import Run
 
 # ---------------------------------------------------------------------------------------------
@@ -155,31 +156,33 @@ class CaseRow:
     run: str
     run_index: int
     results_dir: Path
-    case: dict[str, Any]
+    case: CaseRecord
     labels: dict[str, str]
 
     @property
     def id(self) -> str:
-        case_id: str = self.case["id"]
-        return case_id
+        return self.case.id
 
     @property
     def status(self) -> str:
-        status: str = self.case["status"]
-        return status
+        return self.case.status
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        return self.case.get("metrics") or {}
+    def params(self) -> dict[str, Any]:
+        return self.case.params.as_dict()
 
     @property
-    def samples(self) -> dict[str, Any]:
-        return self.case.get("samples") or {}
+    def metrics(self) -> Metrics | None:
+        return self.case.metrics
 
-    def collector(self, name: str) -> dict[str, Any] | None:
+    @property
+    def samples(self) -> Samples | None:
+        return self.case.samples
+
+    def collector(self, name: str) -> CollectorRecord | None:
         """The collector's record, or None where it is missing or recorded an error."""
-        record = (self.case.get("collectors") or {}).get(name)
-        if not isinstance(record, dict) or record.get("error"):
+        record = self.case.collectors.get(name)
+        if record is None or isinstance(record, dict) or record.error:
             return None
         return record
 
@@ -187,17 +190,17 @@ class CaseRow:
     def throughput(self) -> tuple[float, float, float] | None:
         """Median and 95% CI bounds (both the median where too few windows gave no interval), or
         None for a case without measurements."""
-        thr = self.metrics.get("throughput") or {}
-        median = as_float(thr.get("median"))
-        if median is None:
+        if self.metrics is None:
             return None
+        median = self.metrics.throughput.median
         ci = self.ci95
         return (median, *ci) if ci else (median, median, median)
 
     @property
     def ci95(self) -> tuple[float, float] | None:
-        ci = (self.metrics.get("throughput") or {}).get("ci95") or []
-        low, high = (as_float(v) for v in ci) if len(ci) == 2 else (None, None)
+        if self.metrics is None:
+            return None
+        low, high = self.metrics.throughput.ci95
         return (low, high) if low is not None and high is not None else None
 
 
@@ -238,10 +241,11 @@ ViewBuilder = Callable[[Context], "View | None"]
 
 def case_rows(runs: list[Run]) -> list[CaseRow]:
     cases = [(i, run, case) for i, run in enumerate(runs) for case in run.cases]
+    params = [case.params.as_dict() for _, _, case in cases]
     keys: list[str] = []
-    for _, _, case in cases:
-        keys.extend(k for k in case["params"] if k not in keys)
-    labels_by_key = {k: axis_labels([case["params"].get(k) for _, _, case in cases]) for k in keys}
+    for p in params:
+        keys.extend(k for k in p if k not in keys)
+    labels_by_key = {k: axis_labels([p.get(k) for p in params]) for k in keys}
     return [CaseRow(run=run.label, run_index=i, results_dir=run.path.parent, case=case,
                     labels={k: labels_by_key[k][n] for k in keys})
             for n, (i, run, case) in enumerate(cases)]
@@ -259,7 +263,7 @@ def axis_order(rows: Sequence[CaseRow], axis: str) -> list[str]:
     """The distinct labels of one parameter: numbers in numeric order, anything else as first seen."""
     seen: dict[str, Any] = {}
     for r in rows:
-        seen.setdefault(r.labels[axis], r.case["params"].get(axis))
+        seen.setdefault(r.labels[axis], r.params.get(axis))
     values = list(seen.values())
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return sorted(seen, key=lambda label: seen[label])

@@ -20,7 +20,7 @@ def _series_key(r: CaseRow, axes: Sequence[str], multi_run: bool) -> str:
     """A bar's label from several parameters; bare numbers get their name (``batch_size=64``)."""
     parts = [r.run] if multi_run else []
     for a in axes:
-        value = r.case["params"].get(a)
+        value = r.params.get(a)
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         parts.append(f"{a}={r.labels[a]}" if numeric else r.labels[a])
     return " · ".join(parts)
@@ -144,7 +144,7 @@ def _box_stats(samples: Sequence[float]) -> dict[str, float] | None:
 def build_step_time(ctx: Context) -> View | None:
     import plotly.graph_objects as go
 
-    stats = [(r, _box_stats(r.samples.get("step_time_ms") or [])) for r in ctx.rows]
+    stats = [(r, _box_stats(r.samples.step_time_ms if r.samples is not None else [])) for r in ctx.rows]
     present = [(r, s) for r, s in stats if s is not None]
     if not present:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.records import PyspyRecord, TorchProfilerRecord
 from bench.report.figures import bar_height, embed, esc, layout, rnd_all
 from bench.report.model import Block, CaseRow, Cell, Column, Context, Section, Table, View, as_float, num
 
@@ -23,23 +24,20 @@ KINDS = {"traces": "torch profiler trace (open in Perfetto or chrome://tracing)"
 def _artifacts(r: CaseRow) -> list[tuple[str, str]]:
     """(kind, path relative to the results folder) for every file a profiler named."""
     found: list[tuple[str, str]] = []
-    torch_prof = r.collector("torch_profiler") or {}
-    for trace in torch_prof.get("traces") or []:
-        if isinstance(trace, str) and trace:
-            found.append((KINDS["traces"], trace))
-    pyspy = r.collector("pyspy") or {}
-    for key in ("flamegraph", "speedscope"):
-        if isinstance(pyspy.get(key), str) and pyspy[key]:
-            found.append((KINDS[key], pyspy[key]))
+    torch_prof = r.collector("torch_profiler")
+    if isinstance(torch_prof, TorchProfilerRecord):
+        found.extend((KINDS["traces"], trace) for trace in torch_prof.traces or [] if trace)
+    pyspy = r.collector("pyspy")
+    if isinstance(pyspy, PyspyRecord):
+        found.extend((KINDS[key], path) for key, path in (("flamegraph", pyspy.flamegraph),
+                                                          ("speedscope", pyspy.speedscope)) if path)
     # Under DDP every rank saves its own files; the record names the writing rank's above.
     named = {path for _, path in found}
-    for rank in r.case.get("ranks") or []:
-        if not isinstance(rank, dict):
-            continue
-        for path in rank.get("files") or []:
-            if isinstance(path, str) and path and path not in named:
+    for rank in r.case.ranks or []:
+        for path in rank.files:
+            if path and path not in named:
                 named.add(path)
-                found.append((f"rank {rank.get('rank', '?')}: {_kind(path)}", path))
+                found.append((f"rank {rank.rank}: {_kind(path)}", path))
     return found
 
 
@@ -54,7 +52,8 @@ def _kind(path: str) -> str:
 
 def _top_ops(r: CaseRow) -> tuple[list[dict[str, Any]], str]:
     """The top operators, ordered by self CUDA time where any was recorded, else self CPU time."""
-    ops = [op for op in (r.collector("torch_profiler") or {}).get("top_ops") or [] if isinstance(op, dict)]
+    record = r.collector("torch_profiler")
+    ops = [op.model_dump() for op in record.top_ops or []] if isinstance(record, TorchProfilerRecord) else []
     key = "self_cuda_ms" if any(_number(op.get("self_cuda_ms")) > 0 for op in ops) else "self_cpu_ms"
     return sorted(ops, key=lambda op: -_number(op.get(key)))[:TOP_OPS], key
 

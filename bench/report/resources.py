@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench.records import NvmlRecord
 from bench.report.figures import COLORWAY, bar_height, data_json, embed, esc, layout, rnd, rnd_all
 from bench.report.model import Block, CaseRow, Cell, Column, Context, Switcher, Table, View, as_float, num
 
@@ -45,7 +46,8 @@ def _panels(ctx: Context, title: str, panels: Sequence[tuple[str, Getter, str]])
 def build_memory(ctx: Context) -> View | None:
     def metric(key: str, collected: str) -> Getter:
         # From the case's metrics, or else from the memory collector's record.
-        return lambda r: as_float(r.metrics.get(key)) or as_float((r.collector("memory") or {}).get(collected))
+        return lambda r: (as_float(getattr(r.metrics, key, None)) or
+                          as_float(getattr(r.collector("memory"), collected, None)))
 
     panels = [("host peak RSS (MiB)", metric("peak_rss_mb", "host_peak_rss_mb"), ""),
               ("CUDA peak allocated (MiB)", metric("cuda_peak_allocated_mb", "cuda_peak_allocated_mb"), ""),
@@ -60,7 +62,7 @@ def build_memory(ctx: Context) -> View | None:
 def build_flops(ctx: Context) -> View | None:
     def field(key: str, scale: float = 1.0) -> Getter:
         def get(r: CaseRow) -> float | None:
-            value = as_float((r.collector("flops") or {}).get(key))
+            value = as_float(getattr(r.collector("flops"), key, None))
             return value * scale if value is not None else None
         return get
 
@@ -81,10 +83,11 @@ SERIES = (("util", "utilisation (%)"), ("power_w", "power (W)"), ("sm_clock_mhz"
           ("mem_used_mb", "memory used (MiB)"))
 
 
-def _telemetry(r: CaseRow) -> dict[str, Any] | None:
+def _telemetry(r: CaseRow) -> NvmlRecord | None:
     record = r.collector("nvml")
-    samples = (record or {}).get("samples") or {}
-    return record if samples.get("t") else None
+    if not isinstance(record, NvmlRecord) or not (record.samples or {}).get("t"):
+        return None
+    return record
 
 
 def _per_device(values: list[Any], n_times: int) -> list[list[Any]]:
@@ -125,14 +128,14 @@ def _telemetry_layout(present: list[tuple[str, str]]) -> dict[str, Any]:
     return plotly_json
 
 
-def _telemetry_traces(r: CaseRow, record: dict[str, Any], present: list[tuple[str, str]],
+def _telemetry_traces(r: CaseRow, record: NvmlRecord, present: list[tuple[str, str]],
                       max_points: int) -> dict[str, Any]:
     """One case's series and measured-window bands, as plotly.js data (no figure objects: building
     hundreds of validated figures would take seconds)."""
-    samples = record["samples"]
+    samples = record.samples or {}
     times = samples["t"]
     step = max(1, -(-len(times) // max_points))
-    devices = record.get("devices") or []
+    devices = record.devices or []
     data = []
     for row, (key, title) in enumerate(present, start=1):
         xref, yref = _axis_ids(row)
@@ -146,7 +149,8 @@ def _telemetry_traces(r: CaseRow, record: dict[str, Any], present: list[tuple[st
     # The rows share one time axis, so a band drawn against the first spans all of them.
     shapes = [{"type": "rect", "xref": "x", "yref": "paper", "x0": rnd(x0, 6), "x1": rnd(x1, 6), "y0": 0, "y1": 1,
                "fillcolor": "#0072B2", "opacity": 0.12, "line": {"width": 0}, "layer": "below"}
-              for x0, x1 in measured_spans(r.samples.get("window_start_s") or [], r.samples.get("window_s") or [])]
+              for x0, x1 in measured_spans(r.samples.window_start_s if r.samples else [],
+                                           r.samples.window_s if r.samples else [])]
     title = f"GPU telemetry: {esc(r.id)} (shaded: measured windows)"
     return {"data": data, "layout": {"title": {"text": title}, "shapes": shapes}}
 
@@ -156,7 +160,7 @@ def build_telemetry(ctx: Context) -> View | None:
     if not cases:
         return None
     shown = cases[:MAX_TELEMETRY_CASES]
-    present = [(key, title) for key, title in SERIES if any(rec["samples"].get(key) for _, rec in shown)]
+    present = [(key, title) for key, title in SERIES if any((rec.samples or {}).get(key) for _, rec in shown)]
     # A budget of numbers for the whole view keeps a 1,000-case page small; a few cases keep detail.
     max_points = max(50, min(MAX_POINTS, TELEMETRY_BUDGET // (len(shown) * (len(present) + 1))))
     base = _telemetry_layout(present)
@@ -167,10 +171,10 @@ def build_telemetry(ctx: Context) -> View | None:
         data_json(spec), int(base["height"]), caption=caption)]
     keys: list[str] = []
     for _, rec in shown:
-        keys.extend(k for k, v in (rec.get("summary") or {}).items() if k not in keys and as_float(v) is not None)
+        keys.extend(k for k, v in (rec.summary or {}).items() if k not in keys and as_float(v) is not None)
     if keys:
         rows = [([Cell(r.run)] if ctx.multi_run else []) + [Cell(r.id)] +
-                [num(as_float((rec.get("summary") or {}).get(k)), 1) for k in keys] for r, rec in shown]
+                [num(as_float((rec.summary or {}).get(k)), 1) for k in keys] for r, rec in shown]
         columns = ([Column("run")] if ctx.multi_run else []) + [Column("case")] + [Column(k, True) for k in keys]
         blocks.append(Table(ctx.new_id("table"), columns, rows, caption="Telemetry summary per case"))
     return View("gpu", "GPU telemetry", "Utilisation, power, SM clock and memory sampled by NVML while the case ran; "

@@ -14,10 +14,9 @@ MODE_ORDER = ("dp", "ddp")
 def _entries(ctx: Context) -> list[dict[str, Any]]:
     entries = []
     for run in ctx.runs:
-        for e in run.doc.get("scaling") or []:
-            if not isinstance(e, dict) or not isinstance(e.get("world_size"), int):
-                continue
-            group = f"{e.get('group', '')} ({e.get('scaling', '?')})"
+        for entry in run.doc.scaling:
+            e = entry.model_dump(mode="json")
+            group = f"{e['group']} ({e['scaling']})"
             entries.append({**e, "run": run.label, "series": f"{run.label} · {group}" if ctx.multi_run else group})
     return entries
 

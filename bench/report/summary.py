@@ -41,15 +41,15 @@ def build(ctx: Context) -> View:
 def _runs_table(ctx: Context) -> Table:
     rows = []
     for run in ctx.runs:
-        meta = run.doc["run"]
-        statuses = [c["status"] for c in run.cases]
+        meta = run.doc.run
+        statuses = [c.status for c in run.cases]
         counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("ok", "failed", "skipped") if s in statuses)
         rows.append([
-            Cell(run.label), Cell(run.doc["suite"]["name"]), Cell(run.doc["suite"].get("path") or ""),
-            Cell(meta.get("started") or ""), Cell(meta.get("finished") or ""),
-            Cell(meta.get("status") or "", cls=f"status-{meta.get('status')}"),
+            Cell(run.label), Cell(run.doc.suite.name), Cell(run.doc.suite.path),
+            Cell(meta.started), Cell(meta.finished or ""),
+            Cell(meta.status, cls=f"status-{meta.status}"),
             Cell(f"{len(run.cases)} ({counts})" if counts else "0", sort=float(len(run.cases))),
-            Cell(" ".join(meta.get("argv") or []), cls="notes"),
+            Cell(" ".join(meta.argv), cls="notes"),
         ])
     columns = [Column("run"), Column("suite"), Column("suite file"), Column("started (UTC)"),
                Column("finished (UTC)"), Column("status"), Column("cases", numeric=True), Column("command")]
@@ -73,12 +73,13 @@ def _env_value(key: str, value: Any) -> str:
 
 
 def _environment_table(ctx: Context) -> Table:
+    envs = [run.environment.model_dump(mode="json") for run in ctx.runs]
     keys: list[str] = []
-    for run in ctx.runs:
-        keys.extend(k for k in run.environment if k not in keys)
+    for env in envs:
+        keys.extend(k for k in env if k not in keys)
     rows = []
     for key in keys:
-        values = [_env_value(key, run.environment.get(key)) for run in ctx.runs]
+        values = [_env_value(key, env.get(key)) for env in envs]
         # Where runs differ (another machine, library, commit) the comparison may not be like for like.
         cls = "differs" if len(set(values)) > 1 and key not in ("time", "hostname") else ""
         rows.append([Cell(key)] + [Cell(v, cls=cls) for v in values])
@@ -92,7 +93,7 @@ def _shared_parameters(ctx: Context) -> Section | None:
         return None
     varying = set(varying_axes(ctx.rows))
     first = ctx.rows[0]
-    rows = [[Cell(k), Cell(fmt_value(first.case["params"].get(k)))] for k in first.labels if k not in varying]
+    rows = [[Cell(k), Cell(fmt_value(first.params.get(k)))] for k in first.labels if k not in varying]
     if not rows:
         return None
     table = Table(ctx.new_id("table"), [Column("parameter"), Column("value")], rows)
@@ -103,7 +104,7 @@ def _results_table(ctx: Context) -> Table | Note:
     if not ctx.rows:
         return Note("No cases in these results.", cls="empty")
     axes = varying_axes(ctx.rows)
-    has_cuda = any("cuda_peak_allocated_mb" in r.metrics for r in ctx.rows)
+    has_cuda = any(r.metrics is not None and r.metrics.cuda_peak_allocated_mb is not None for r in ctx.rows)
     has_flops = any(r.collector("flops") for r in ctx.rows)
     columns = ([Column("run")] if ctx.multi_run else []) + [Column("case"), Column("status")]
     columns += [Column(a) for a in axes]
@@ -122,26 +123,27 @@ def _results_table(ctx: Context) -> Table | Note:
     for r in ctx.rows:
         m = r.metrics
         thr = r.throughput
-        step = m.get("step_time_ms") or {}
         cells = [Cell(r.run)] if ctx.multi_run else []
         cells += [Cell(r.id), Cell(r.status, cls=f"status-{r.status}")]
         cells += [Cell(r.labels[a]) for a in axes]
         cells.append(num(thr[0] if thr else None))
         ci = r.ci95
         cells.append(Cell(f"{ci[0]:,.1f} \u2013 {ci[1]:,.1f}", sort=ci[0]) if ci else Cell(""))
-        rel = as_float((m.get("throughput") or {}).get("ci_rel_half_width"))
+        rel = m.throughput.ci_rel_half_width if m is not None else None
         cells.append(num(rel * 100 if rel is not None else None))
-        cells += [num(step.get("p50"), 2), num(step.get("p95"), 2), num(m.get("peak_rss_mb"), 0)]
+        cells += ([num(m.step_time_ms.p50, 2), num(m.step_time_ms.p95, 2), num(m.peak_rss_mb, 0)] if m is not None
+                  else [Cell(""), Cell(""), Cell("")])
         if has_cuda:
-            cells.append(num(m.get("cuda_peak_allocated_mb"), 0))
+            cells.append(num(m.cuda_peak_allocated_mb if m is not None else None, 0))
         if has_flops:
-            flops = r.collector("flops") or {}
-            per_sample, achieved, mfu = (as_float(flops.get(k)) for k in ("flops_per_sample", "achieved_flops", "mfu"))
+            flops = r.collector("flops")
+            per_sample, achieved, mfu = (as_float(getattr(flops, k, None)) for k in
+                                          ("flops_per_sample", "achieved_flops", "mfu"))
             cells += [Cell(si(per_sample, "FLOP"), sort=per_sample) if per_sample is not None else Cell(""),
                       Cell(si(achieved, "FLOP/s"), sort=achieved) if achieved is not None else Cell(""),
                       num(mfu * 100 if mfu is not None else None, 2)]
-        cells.append(num(m.get("windows"), 0))
-        notes = ([r.case["error"]] if r.case.get("error") else []) + list(r.case.get("warnings") or [])
+        cells.append(num(m.windows if m is not None else None, 0))
+        notes = ([r.case.error] if r.case.error else []) + r.case.warnings
         cells.append(Cell("; ".join(notes), cls="notes"))
         rows.append(cells)
     return Table("results", columns, rows, filterable=True,
@@ -154,7 +156,7 @@ def _problem_table(ctx: Context) -> Table | None:
         return None
     rows = []
     for r in bad:
-        log = r.case.get("log")
+        log = r.case.log
         if log:
             href, exists = ctx.link(r.results_dir, log)
             log_cell = Cell(log, href=href, cls="" if exists else "missing",
@@ -163,7 +165,7 @@ def _problem_table(ctx: Context) -> Table | None:
             log_cell = Cell("")
         rows.append(([Cell(r.run)] if ctx.multi_run else []) + [
             Cell(r.id), Cell(r.status, cls=f"status-{r.status}"),
-            Cell(r.case.get("error") or "(no reason recorded)", cls="notes", detail=r.case.get("traceback") or None),
+            Cell(r.case.error or "(no reason recorded)", cls="notes", detail=r.case.traceback or None),
             log_cell])
     columns = ([Column("run")] if ctx.multi_run else []) + [Column("case"), Column("status"),
                                                              Column("reason"), Column("log")]
@@ -175,9 +177,10 @@ def _collector_error_table(ctx: Context) -> Table | None:
     one per case."""
     groups: dict[tuple[str, str], list[str]] = {}
     for r in ctx.rows:
-        for name, record in (r.case.get("collectors") or {}).items():
-            if isinstance(record, dict) and record.get("error"):
-                groups.setdefault((name, str(record["error"])), []).append(
+        for name, record in r.case.collectors.items():
+            error = record.get("error") if isinstance(record, dict) else record.error
+            if error:
+                groups.setdefault((name, str(error)), []).append(
                     f"{r.run} · {r.id}" if ctx.multi_run else r.id)
     if not groups:
         return None

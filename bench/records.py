@@ -1,0 +1,327 @@
+"""Typed records of a results file: what a run produced, validated once where it enters (the
+writer building a case from a worker's message, a loader reading a file), read by attribute
+everywhere after.
+
+``bench/results.schema.json`` is generated from these models (``python -m bench.records``); a
+test fails when the committed file and the models differ.
+
+Within a schema version, additions are optional fields: each model keeps keys it does not know
+(``extra="allow"``), so a newer writer's additions survive a round trip through an older reader.
+A key removed or changing meaning needs a new ``SCHEMA_VERSION`` (history in ``bench.results``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
+
+NonNeg = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class Record(BaseModel):
+    """Base of every record: finite numbers only (JSON has no NaN; a missing value is null),
+    unknown keys kept."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, validate_assignment=False)
+
+    def extra(self, key: str, default: Any = None) -> Any:
+        """A key that this version of the model does not declare (an addition by a newer writer)."""
+        return (self.model_extra or {}).get(key, default)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+class SuiteInfo(Record):
+    name: str = Field(description="The suite's name (its `name:` key).")
+    path: str = Field(description="The suite file the run was started with.")
+    source: dict[str, Any] = Field(description="The suite as written (after YAML parsing), for provenance.")
+
+
+class RunInfo(Record):
+    started: str = Field(description="When the run started (ISO 8601, UTC).")
+    finished: str | None = Field(description="When the run ended; null while it is running.")
+    status: Literal["running", "complete", "interrupted"] = Field(
+        description="`running` while cases are still being measured, `interrupted` after Ctrl-C or SIGTERM.")
+    argv: list[str] = Field(description="The command line that started the run.")
+    overrides: list[str] = Field(default_factory=list, description="`--set KEY=VALUE` overrides, in order.")
+    only: str | None = Field(default=None, description="The `--only` pattern, if any.")
+    nnodes: int = Field(default=1, ge=1, description="Nodes of a multi-node run (1 otherwise).")
+    resumed: list[str] = Field(default_factory=list, description="When `--resume` continued the run, each time.")
+    resumed_on_other_machine: bool = Field(
+        default=False, description="A resume ran on a machine with another fingerprint: cases mix two machines.")
+
+
+class GitInfo(Record):
+    commit: str = Field(description="HEAD of the repository the run was started in.")
+    dirty: bool = Field(default=False, description="The work tree had uncommitted changes to tracked files.")
+
+
+class GpuInfo(Record):
+    name: str = Field(description="The device name torch reports.")
+    index: int | None = Field(default=None, description="CUDA device index.")
+    memory_mb: float | None = Field(default=None, description="Total device memory in MiB.")
+    uuid: str | None = Field(default=None, description="Device UUID (matches NVML's).")
+
+
+class Environment(Record):
+    """The machine and software a run was measured on; ``bench.environment.fingerprint`` picks the
+    facts that change timings."""
+
+    python: str = Field(description="Python version.")
+    torch: str | None = Field(description="torch version, null if the probe failed.")
+    cuda: str | None = Field(default=None, description="CUDA version torch was built with.")
+    cpu_model: str | None = Field(description="CPU model name.")
+    cores_logical: int | None = Field(description="Logical CPUs of the machine.")
+    cores_available: int | None = Field(default=None, description="CPUs this process may run on (affinity).")
+    hostname: str = Field(description="Host name (not part of the fingerprint: CI runners are fresh hosts).")
+    time: str = Field(description="When the environment was read (ISO 8601).")
+    gpus: list[GpuInfo] = Field(description="CUDA devices visible to torch.")
+    git: GitInfo | None = Field(default=None, description="The commit the run was started from, if in git.")
+    torch_threads: int | None = Field(default=None, description="torch's default intra-op threads.")
+    cudnn: int | None = Field(default=None, description="cuDNN version.")
+
+
+# --- one case --------------------------------------------------------------------------------
+
+
+class Throughput(Record):
+    median: Positive = Field(description="Median training samples per second (all ranks together).")
+    mean: Positive | None = Field(default=None, description="Mean of the same samples.")
+    ci95: tuple[NonNeg | None, NonNeg | None] = Field(
+        description="[low, high] of the median's 95% interval; [null, null] where too few samples give none. "
+                    "What it covers is named by `interval`.")
+    ci_rel_half_width: NonNeg | None = Field(default=None, description="Half the interval's width over the median.")
+    ci_target: NonNeg | None = Field(default=None, description="The `measure.target_ci` asked for.")
+    ci_target_met: bool | None = Field(default=None, description="Whether the interval reached the target.")
+    unit: Literal["samples/s"] = "samples/s"
+    per_repeat: list[Positive] | None = Field(default=None, description="Each repeat process's median (`repeats`).")
+
+
+class StepTime(Record):
+    p50: NonNeg = Field(description="Median step time, ms.")
+    p95: NonNeg = Field(description="95th percentile, ms.")
+    p99: NonNeg | None = None
+    mean: NonNeg | None = None
+    min: NonNeg | None = None
+    max: NonNeg | None = None
+    source: str | None = Field(default=None, description="`per_step` (timed steps) or `window_mean` (CUDA).")
+
+
+class Metrics(Record):
+    throughput: Throughput
+    step_time_ms: StepTime
+    peak_rss_mb: NonNeg = Field(description="Peak resident memory of the case's process(es), MiB.")
+    threads: int = Field(ge=1, description="torch intra-op threads of the case (per rank).")
+    windows: int = Field(ge=1, description="Timed windows.")
+    steps: int = Field(ge=1, description="Timed steps.")
+    steps_per_window: int | None = Field(default=None, ge=1)
+    measured_s: NonNeg | None = Field(default=None, description="Seconds inside timed windows.")
+    warmup_s: NonNeg | None = None
+    build_s: NonNeg | None = Field(default=None, description="Seconds to build the model, optimizer and data.")
+    stop_reason: str | None = Field(default=None, description="`target_ci` or `max_time`.")
+    batch_per_process: int | None = Field(default=None, ge=1)
+    cuda_peak_allocated_mb: NonNeg | None = None
+    cuda_peak_reserved_mb: NonNeg | None = None
+    repeats: int | None = Field(default=None, ge=1)
+    throughput_per_rank: list[NonNeg] | None = None
+    rank_skew: float | None = Field(default=None, description="Fastest rank's throughput over the slowest's, minus 1.")
+    peak_rss_mb_per_rank: list[NonNeg] | None = None
+    cuda_peak_allocated_mb_per_rank: list[NonNeg] | None = None
+
+
+class Samples(Record):
+    window_throughput: list[Positive] = Field(description="Samples/s of each timed window, in time order.")
+    window_s: list[Positive] = Field(description="Seconds of each window (the slowest rank's under DDP).")
+    step_time_ms: list[NonNeg] = Field(description="Per-step times (thinned to at most 2,000, evenly).")
+    window_start_s: list[float] = Field(default_factory=list, description="Window starts after `clock_origin`.")
+    local_window_s: list[NonNeg] = Field(default_factory=list, description="This process's own window times.")
+    clock_origin: float | None = Field(default=None, description="perf_counter time of the first window.")
+    window_repeat: list[int] | None = Field(default=None, description="Which repeat process each window is from.")
+
+
+class CollectorRecord(Record):
+    error: str | None = Field(default=None, description="Why the collector could not run; null when it ran.")
+
+
+class NvmlRecord(CollectorRecord):
+    devices: list[dict[str, Any]] | None = None
+    samples: dict[str, list[float | None]] | None = Field(
+        default=None, description="Time series: t, util, power_w, sm_clock_mhz, mem_used_mb, temp_c.")
+    summary: dict[str, Any] | None = None
+    per_device: list[dict[str, Any]] | None = None
+    metric_errors: dict[str, str] | None = None
+
+
+class TopOp(Record):
+    name: str
+    self_cpu_ms: NonNeg | None = None
+    self_cuda_ms: NonNeg | None = None
+    calls: int | None = Field(default=None, ge=0)
+
+
+class TorchProfilerRecord(CollectorRecord):
+    top_ops: list[TopOp] | None = None
+    traces: list[str] | None = Field(default=None, description="Trace files, relative to the results folder.")
+
+
+class PyspyRecord(CollectorRecord):
+    flamegraph: str | None = None
+    speedscope: str | None = None
+
+
+class FlopsRecord(CollectorRecord):
+    flops_per_step: int | None = Field(default=None, ge=0)
+    flops_per_sample: NonNeg | None = None
+    achieved_flops: NonNeg | None = None
+    peak_flops: NonNeg | None = None
+    mfu: NonNeg | None = None
+
+
+class MemoryRecord(CollectorRecord):
+    cuda_peak_allocated_mb: NonNeg | None = None
+    cuda_peak_reserved_mb: NonNeg | None = None
+    host_peak_rss_mb: NonNeg | None = None
+    host_peak_rss_sum_mb: NonNeg | None = None
+    processes: list[dict[str, Any]] | None = None
+
+
+class Collectors(Record):
+    """One record per collector that was asked for or always runs; others may be added (kept)."""
+
+    nvml: NvmlRecord | None = None
+    torch_profiler: TorchProfilerRecord | None = None
+    pyspy: PyspyRecord | None = None
+    flops: FlopsRecord | None = None
+    memory: MemoryRecord | None = None
+
+    def get(self, name: str) -> CollectorRecord | dict[str, Any] | None:
+        """The record of a collector by name (declared or an addition)."""
+        value = getattr(self, name, None) if name in type(self).model_fields else self.extra(name)
+        return value
+
+    def items(self) -> list[tuple[str, CollectorRecord | dict[str, Any]]]:
+        names = [*type(self).model_fields, *(self.model_extra or {})]
+        return [(n, v) for n in names if (v := self.get(n)) is not None]
+
+
+class RankRecord(Record):
+    rank: int = Field(ge=0)
+    local_rank: int | None = None
+    host: str | None = None
+    device: str | None = None
+    throughput_median: NonNeg | None = None
+    peak_rss_mb: NonNeg | None = None
+    warnings: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list, description="Files this rank's collectors wrote.")
+    collector_errors: dict[str, str] = Field(default_factory=dict)
+
+
+class Params(Record):
+    """A case's parameters, as the suite expanded them (``bench.suite.CaseParams``'s JSON). Only the
+    keys every reader relies on are declared; the rest are kept as they are."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    activation: str
+    loss: str
+    data: dict[str, Any]
+    mode: str
+    world_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class CaseRecord(Record):
+    id: str = Field(min_length=1, description="The case id, unique within the run.")
+    params: Params
+    status: Literal["ok", "failed", "skipped"]
+    error: str | None = Field(description="Why the case failed or was skipped.")
+    traceback: str | None = None
+    warnings: list[str] = Field(description="Everything the reader should know about this measurement.")
+    started: str = Field(description="When the case started (ISO 8601).")
+    duration_s: NonNeg = Field(description="Wall time of the case, build and warm-up included.")
+    device: str | None = None
+    log: str | None = Field(default=None, description="The case's log file, relative to the results folder.")
+    metrics: Metrics | None = Field(description="Null unless the case is ok.")
+    samples: Samples | None = Field(description="Raw samples; null unless the case is ok.")
+    collectors: Collectors = Field(default_factory=Collectors)
+    ranks: list[RankRecord] | None = Field(default=None, description="Per-rank summaries of a DDP case.")
+    backend: str | None = Field(default=None, description="torch.distributed backend of a DDP case.")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.metrics is not None
+
+    @property
+    def throughput(self) -> float | None:
+        return self.metrics.throughput.median if self.metrics is not None else None
+
+
+class ScalingEntry(Record):
+    group: str
+    mode: str
+    world_size: int = Field(ge=1)
+    case_id: str
+    baseline_case: str
+    scaling: str
+    device: str | None = None
+    throughput: Positive
+    speedup: NonNeg
+    efficiency: NonNeg
+
+
+class ResultsDoc(Record):
+    """A results file."""
+
+    schema_version: Literal[1] = Field(description="The format version; readers refuse versions they do not know.")
+    suite: SuiteInfo
+    run: RunInfo
+    environment: Environment
+    cases: list[CaseRecord]
+    scaling: list[ScalingEntry] = Field(default_factory=list, description="Speedup and efficiency of dp/ddp cases.")
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: store them as null so every reader can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dump(record: BaseModel) -> dict[str, Any]:
+    """A record as JSON-ready data, non-finite numbers as null."""
+    data: dict[str, Any] = finite(record.model_dump(mode="json", exclude_none=False))
+    return data
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ResultsDoc.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://bench.invalid/results.schema.json",
+            "title": "bench results file",
+            "description": "results.json written by `bench run`; generated from bench/records.py "
+                           "(python -m bench.records). Version history: bench/results.py.",
+            **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=1, sort_keys=False) + "\n"
+
+
+if __name__ == "__main__":
+    SCHEMA_PATH.write_text(schema_text(), encoding="utf-8")
+    print(f"wrote {SCHEMA_PATH}")
