@@ -26,10 +26,10 @@ Positive = Annotated[float, Field(gt=0)]
 
 
 class Record(BaseModel):
-    """Base of every record: finite numbers only (JSON has no NaN; a missing value is null),
-    unknown keys kept."""
+    """Base of every record: strict types (a number written as text is an error, not a number),
+    finite numbers only (JSON has no NaN; a missing value is null), unknown keys kept."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, validate_assignment=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     def extra(self, key: str, default: Any = None) -> Any:
         """A key that this version of the model does not declare (an addition by a newer writer)."""
@@ -95,7 +95,7 @@ class Environment(Record):
 class Throughput(Record):
     median: Positive = Field(description="Median training samples per second (all ranks together).")
     mean: Positive | None = Field(default=None, description="Mean of the same samples.")
-    ci95: tuple[NonNeg | None, NonNeg | None] = Field(
+    ci95: list[NonNeg | None] = Field(min_length=2, max_length=2,
         description="[low, high] of the median's 95% interval; [null, null] where too few samples give none. "
                     "What it covers is named by `interval`.")
     ci_rel_half_width: NonNeg | None = Field(default=None, description="Half the interval's width over the median.")

@@ -16,8 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.errors import ResultsError, SuiteError
-from bench.results import load_run
+from bench.compare import compare_runs
+from bench.errors import ResultsError, SuiteError, UsageError
+from bench.results import load_run, to_dataframe
 from bench.suite import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +75,30 @@ def test_a_broken_results_file_is_refused_by_report_with_one_line_and_writes_not
     assert not out.exists()
 
 
+MANY_CASE_FILES = sorted(n for n in RESULTS if n.startswith("tenth_case_"))
+
+
+@pytest.mark.parametrize("name", MANY_CASE_FILES)
+def test_a_bad_last_case_of_many_is_refused_by_compare_history_and_resume(name: str, tmp_path: Path) -> None:
+    path = f"tests/data/bad/results/{name}"
+    expected = RESULTS[name]
+    assert_one_line_error(bench("compare", "tests/data/good_results.json", path), path, expected)
+    history = tmp_path / "history"
+    for run in ("a", "b"):
+        (history / run).mkdir(parents=True)
+    (history / "a" / "results.json").write_bytes(GOOD_RESULTS.read_bytes())
+    (history / "b" / "results.json").write_bytes((ROOT / path).read_bytes())
+    out = tmp_path / "trend.html"
+    assert_one_line_error(bench("history", str(history), "--out", str(out)), str(history / "b" / "results.json"),
+                          expected)
+    assert not out.exists()
+    before = (history / "b" / "results.json").read_bytes()
+    assert_one_line_error(bench("run", "--resume", str(history / "b")), str(history / "b" / "results.json"),
+                          expected)
+    assert (history / "b" / "results.json").read_bytes() == before
+    assert sorted(p.name for p in (history / "b").iterdir()) == ["results.json"]
+
+
 def test_a_results_file_over_the_size_limit_is_refused_without_reading_it(tmp_path: Path) -> None:
     big = tmp_path / "results.json"
     with big.open("wb") as fh:
@@ -87,7 +112,15 @@ def test_a_results_file_over_the_size_limit_is_refused_without_reading_it(tmp_pa
 # Property-based: random mutations of valid inputs meet the same contract in-process.
 
 VALID_SUITE: dict[str, Any] = yaml.safe_load((ROOT / "suites" / "cnn.yaml").read_text())
-VALID_RESULTS: dict[str, Any] = json.loads(GOOD_RESULTS.read_text())
+def _many_cases(n: int) -> dict[str, Any]:
+    """The good file with ``n`` cases, so that a mutation can land in any case, not just the first."""
+    doc: dict[str, Any] = json.loads(GOOD_RESULTS.read_text())
+    first = doc["cases"][0]
+    doc["cases"] = [{**copy.deepcopy(first), "id": f"{first['id']}-{i}"} for i in range(n)]
+    return doc
+
+
+VALID_RESULTS = _many_cases(6)
 
 ODD_VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
@@ -155,4 +188,12 @@ def test_a_mutated_results_file_either_loads_or_raises_a_one_line_results_error(
         assert str(exc).startswith(f"{path}: ")
         assert "\n" not in str(exc)
     else:
+        # What loaded is safe to use: every reader works on it without an error of its own.
         assert all(c.status in ("ok", "failed", "skipped") for c in run.cases)
+        assert len(to_dataframe([run])) == len(run.cases)
+        try:
+            comparison = compare_runs(run, run)
+        except UsageError:  # no case to compare: a message, not a crash
+            assert not run.cases
+        else:
+            assert {r.case_id for r in comparison.rows} == {c.id for c in run.cases}
