@@ -1,9 +1,6 @@
-"""The results file: its schema, an atomic writer that saves after every case, and loaders that
-read one or more files (size-limited, schema-checked) into runs or a pandas DataFrame.
-
-schema_version history (refuse versions not listed here):
-  1 - first version: suite, run, environment, cases[] with params, status, metrics, samples.
-"""
+"""The results file: an atomic writer that saves after every case, and loaders that read one or
+more files (size-limited, every case validated into the typed records of ``bench.records``) into
+runs or a pandas DataFrame."""
 
 from __future__ import annotations
 
@@ -27,7 +24,8 @@ if TYPE_CHECKING:
 #   1  first version.
 #      Additions within 1 (optional keys; readers of 1 ignore them): collectors.nvml.per_device
 #      and summary.devices (telemetry of every GPU of a case); ranks[].files and
-#      ranks[].collector_errors (ddp).
+#      ranks[].collector_errors (ddp). From here on the records are typed (bench/records.py) and
+#      the JSON Schema is generated from them; the format itself did not change.
 # A key removed or changing meaning needs a new version, and readers refuse versions they do not know.
 SCHEMA_VERSION: Literal[1] = 1
 RESULTS_NAME = "results.json"
