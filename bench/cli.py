@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("run", help="run every case of a suite and write results.json and report.html",
-                       description="Run every case of a suite, each in its own process.")
+                       description="Run every case of a suite, each in its own process, in randomized rounds of "
+                                   "short trials (every round gives each case one trial, in a fresh random order).")
     p.add_argument("suite", nargs="?", help="suite YAML file (with --resume: defaults to the interrupted run's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter in every case, e.g. --set batch_size=32 --set measure.max_time=2")
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="PATTERN", help="run only cases whose id matches this glob (or contains it)")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--order-seed", type=int, metavar="N",
+                   help="seed of the rounds' random order (default: a fresh one; either way it is recorded)")
     multi = p.add_argument_group("multi-node (ddp cases; passed to torch.distributed.run's c10d rendezvous)")
     multi.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
     multi.add_argument("--node-rank", type=int, default=0, help="this node's rank; only node 0 writes results")
@@ -220,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with observer:
             outcome = runner.run_suite(suite, out_dir, argv=sys.argv, overrides=args.overrides,
-                                       only=args.only, observer=observer, cluster=cluster, previous=previous)
+                                       only=args.only, observer=observer, cluster=cluster, previous=previous,
+                                       order_seed=args.order_seed)
     except runner.Interrupted as exc:
         _finish_report(out_dir, args)
         print(f"bench: {exc}", file=sys.stderr)
@@ -231,6 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED if outcome.failed else EXIT_OK
     report = _finish_report(out_dir, args)
     console.print_results(outcome.records)
+    console.print_effects(outcome.effects)
     print(f"results: {outcome.results_path}")
     if report is not None:
         print(f"report:  {report}")

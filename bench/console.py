@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bench.records import CaseRecord
+from bench.records import CaseRecord, EffectRecord
 from bench.suite import Case, Suite
 
 _err = Console(stderr=True)
@@ -49,7 +49,10 @@ class ProgressObserver:
             self.progress.console.print(f"running {len(suite.cases)} case(s) of {suite.name!r} into {out_dir}")
 
     def case_started(self, case: Case) -> None:
-        self.progress.update(self.task, description=f"[bold]{case.id}")
+        self.progress.update(self.task, description=f"[bold]{escape(case.id)}[/] starting")
+
+    def trial_finished(self, case: Case, trials: int) -> None:
+        self.progress.update(self.task, description=f"[bold]{escape(case.id)}[/] trial {trials}")
 
     def case_finished(self, case: Case, record: CaseRecord) -> None:
         self.progress.advance(self.task)
@@ -88,3 +91,30 @@ def print_results(records: list[CaseRecord]) -> None:
     if not out.is_terminal:
         out = Console(width=160)
     out.print(table)
+
+
+def print_effects(effects: list[EffectRecord]) -> None:
+    """Each swept parameter's paired effect against its baseline value, with its interval."""
+    from bench.effects import describe
+
+    if not effects:
+        return
+    table = Table(title="effects (each value against the first, other parameters equal, paired within rounds)")
+    for col, justify in [("parameter", "left"), ("value", "left"), ("baseline", "left"), ("change", "right"),
+                         ("95% CI", "right"), ("rounds", "right"), ("pairs", "right")]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    notes = []
+    for e in effects:
+        if e.ratio is None or e.low is None or e.high is None:
+            table.add_row(escape(e.parameter), escape(e.value), escape(e.baseline), "-", "-", "0", str(e.pairs))
+        else:
+            table.add_row(escape(e.parameter), escape(e.value), escape(e.baseline), f"{(e.ratio - 1) * 100:+.1f}%",
+                          f"{(e.low - 1) * 100:+.1f}% to {(e.high - 1) * 100:+.1f}%", str(e.rounds), str(e.pairs))
+        if e.missing:
+            notes.append(describe(e) if e.ratio is None else f"{e.parameter}={e.value}: " + "; ".join(e.missing))
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)
+    out.print(table)
+    for note in notes:
+        out.print(escape(note), style="yellow", highlight=False, soft_wrap=True)

@@ -1,10 +1,12 @@
 """One rank of a DDP case, started by PyTorch's launcher (``python -m torch.distributed.run ...
 -m bench.ddp_worker PAYLOAD.json``), which sets RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous.
 
-Every rank measures with the same windowed loop as a single process, but window times are agreed
-by an all-reduce (max) at window edges: global throughput is all ranks' samples over the slowest
-rank's time, and all ranks stop together. Rank 0 gathers the per-rank records and writes the case
-record; a rank that fails writes its error next to it so the parent can report that rank's text.
+Every rank builds and warms up once and then measures trials when the coordinator (``bench run``,
+through ``bench.rounds``) asks, like a single-process case, but window times are agreed by an
+all-reduce (max) at window edges: global throughput is all ranks' samples over the slowest rank's
+time, and all ranks stop together. At the end the writing rank gathers the per-rank summaries and
+sends the case's collectors and ranks; a rank that fails writes its error next to the payload so
+the coordinator can report that rank's text.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import socket
 import sys
 import traceback
+from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,9 @@ import torch.distributed as dist
 from bench.environment import available_cores
 from bench.measure import median
 from bench.results import atomic_write_text
+from bench.session import CaseSession
 from bench.suite import CaseParams
-from bench.worker import Skip, describe_error, measure_case, select_device, set_threads
+from bench.worker import Skip, describe_error, select_device, set_threads
 
 
 def _ddp_wrapper(params: CaseParams, device: torch.device) -> Any:
@@ -53,24 +57,25 @@ def _agree(device: torch.device) -> Any:
     return agree
 
 
-def _rank_summary(rank: int, local_rank: int, batch: int, record: dict[str, Any]) -> dict[str, Any]:
-    m = record["metrics"]
-    local = record["samples"]["local_window_s"]
-    k = m["steps_per_window"]
+def _rank_summary(rank: int, local_rank: int, session: CaseSession, final: dict[str, Any]) -> dict[str, Any]:
+    """What this rank alone knows, for the case record's ``ranks``: its own throughput over all its
+    trials' windows, memory, and collector records (merged by ``aggregate``)."""
+    local = session.local_window_s
+    k = session.steps_per_window
     return {
         "rank": rank,
         "local_rank": local_rank,
         "host": socket.gethostname(),
-        "device": record["device"],
-        "threads": m["threads"],
-        "batch": batch,
+        "device": str(session.device),
+        "threads": session.threads,
+        "batch": session.batch,
         "window_s": local,
-        "throughput_median": median([k * batch / s for s in local]),
-        "peak_rss_mb": m["peak_rss_mb"],
-        "cuda_peak_allocated_mb": m.get("cuda_peak_allocated_mb"),
-        "step_time_ms_p50": m["step_time_ms"]["p50"],
-        "warnings": record["warnings"],
-        "collectors": record.get("collectors") or {},
+        "throughput_median": median([k * session.batch / s for s in local]) if local else None,
+        "peak_rss_mb": final["peak_rss_mb"],
+        "cuda_peak_allocated_mb": final.get("cuda_peak_allocated_mb"),
+        "step_time_ms_p50": median(session.step_ms) if session.step_ms else None,
+        "warnings": list(session.warnings),
+        "collectors": final.get("collectors") or {},
     }
 
 
@@ -152,6 +157,38 @@ def aggregate(record: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, 
     return record
 
 
+class _Channel:
+    """How the ranks of a case hear the coordinator: the writing rank (local rank 0 of node 0, whose
+    ``bench run`` coordinates) serves a local connection; it passes each request on to the others
+    in a gloo group of its own, where waiting is a blocking socket read, not a spinning GPU
+    collective, so ranks waiting between trials take nothing from the case being timed."""
+
+    def __init__(self, payload: dict[str, Any], writer: bool, writer_rank: int) -> None:
+        self.writer = writer
+        self.writer_rank = writer_rank
+        # Requests come a round apart, which may be minutes in a large suite.
+        group = dist.new_group(backend="gloo", timeout=dt.timedelta(hours=6))
+        assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+        self.group = group
+        self.conn: Connection | None = None
+        if writer:
+            serve = payload["serve"]
+            listener = Listener(("127.0.0.1", 0), authkey=bytes.fromhex(serve["authkey"]))
+            atomic_write_text(Path(serve["address_file"]), json.dumps(list(listener.address)))
+            self.conn = listener.accept()
+            listener.close()
+
+    def receive(self) -> dict[str, Any]:
+        message: list[Any] = [self.conn.recv() if self.conn is not None else None]
+        dist.broadcast_object_list(message, src=self.writer_rank, group=self.group)
+        request: dict[str, Any] = message[0]
+        return request
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.conn is not None:
+            self.conn.send(message)
+
+
 def run_rank(payload: dict[str, Any]) -> None:
     params = CaseParams.model_validate(payload["params"])
     rank = int(os.environ["RANK"])
@@ -171,18 +208,36 @@ def run_rank(payload: dict[str, Any]) -> None:
         if device.type == "cpu" and threads * local_world > cores:
             warnings.append(f"{local_world} ranks x {threads} threads on {cores} cores: oversubscribed")
         batch = params.batch_size if params.scaling == "weak" else params.batch_size // world
-        record = measure_case(params, device, payload, batch=batch, samples_per_step=batch * world,
+        # c10d's rendezvous hands out global ranks in arrival order, so rank 0 may live on any
+        # node; the writer is the first rank of the node the user called node 0, whose bench
+        # process coordinates the rounds and writes results.
+        writer = local_rank == 0 and os.environ.get("BENCH_NODE_RANK", "0") == "0"
+        flags: list[Any] = [None] * world
+        dist.all_gather_object(flags, writer)
+        channel = _Channel(payload, writer, flags.index(True))
+        session = CaseSession(params, device, payload, batch=batch, samples_per_step=batch * world,
                               wrap=_ddp_wrapper(params, device), threads=threads, warnings=warnings,
                               rank=rank, agree=_agree(device))
-        record["backend"] = backend
-        summaries: list[Any] = [None] * world
-        dist.all_gather_object(summaries, _rank_summary(rank, local_rank, batch, record))
-        # c10d's rendezvous hands out global ranks in arrival order, so rank 0 may live on any
-        # node; the record is written by the first rank of the node the user called node 0,
-        # whose bench process is the one that writes results.
-        if local_rank == 0 and os.environ.get("BENCH_NODE_RANK", "0") == "0":
-            summaries.sort(key=lambda r: r["rank"])
-            atomic_write_text(Path(payload["record_path"]), json.dumps(aggregate(record, summaries)))
+        channel.send(session.prepare())
+        while True:
+            request = channel.receive()
+            if request["op"] == "trial":
+                channel.send(session.trial(float(request["seconds"]), bool(request.get("collect"))))
+                continue
+            final = session.finish()
+            summaries: list[Any] = [None] * world
+            dist.all_gather_object(summaries, _rank_summary(rank, local_rank, session, final))
+            if writer:
+                summaries.sort(key=lambda r: r["rank"])
+                record = {"metrics": {"peak_rss_mb": final["peak_rss_mb"],
+                                      "cuda_peak_allocated_mb": final.get("cuda_peak_allocated_mb")},
+                          "collectors": final["collectors"], "warnings": []}
+                aggregate(record, summaries)
+                channel.send({**final, "status": "ok", "backend": backend, "ranks": record["ranks"],
+                              "warnings": record["warnings"], "collectors": record["collectors"],
+                              "metrics": {k: v for k, v in record["metrics"].items() if v is not None},
+                              "peak_rss_mb": record["metrics"]["peak_rss_mb"]})
+            break
         # Tear down together: a rank that leaves while its peer still uses the gloo pair can
         # abort in gloo's threads ("terminate called without an active exception").
         dist.barrier()

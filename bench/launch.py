@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ def skip_reason(case: Case, cluster: Cluster, cores: int, gpus: int) -> str | No
     return None
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Kill torchrun's process group (it leads its own session, its ranks are in it) and any
     descendant that left the group, then reap them."""
     try:
@@ -138,19 +137,10 @@ def _log_tail(log_path: Path, lines: int = 6) -> str:
     return " | ".join((interesting or text)[-lines:])[-1500:]
 
 
-def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: Path,
-                 out_dir: Path | None) -> dict[str, Any]:
-    """Run one ddp case with torchrun and return its record (rank 0's aggregated record on node
-    0; on other nodes only a status)."""
+def torchrun_command(case: Case, cluster: Cluster, payload_path: Path) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line and environment that start this node's ranks of a ddp case."""
     p = case.params
     nproc = p.world_size // cluster.nnodes
-    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{case.id}-")) if work_dir is None else work_dir
-    scratch.mkdir(parents=True, exist_ok=True)
-    record_path = scratch / "record.json"
-    payload_path = scratch / "payload.json"
-    payload = {"id": case.id, "params": case.params_json(), "case_dir": str(scratch),
-               "record_path": str(record_path), "out_dir": str(out_dir) if out_dir else None}
-    payload_path.write_text(json.dumps(payload), encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--max-restarts=0",
            "--monitor-interval=0.2"]
     if cluster.multi_node:
@@ -165,16 +155,32 @@ def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: 
     cmd += ["-m", "bench.ddp_worker", str(payload_path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
            "BENCH_NODE_RANK": str(cluster.node_rank)}
-    deadline = time.monotonic() + p.timeout
+    return cmd, env
+
+
+def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: Path,
+                 out_dir: Path | None) -> dict[str, Any]:
+    """Run this node's ranks of a ddp case on a node other than node 0, until node 0's writing
+    rank finishes it; returns a status (the record is node 0's)."""
+    p = case.params
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{case.id}-")) if work_dir is None else work_dir
+    scratch.mkdir(parents=True, exist_ok=True)
+    record_path = scratch / "record.json"
+    payload_path = scratch / "payload.json"
+    payload = {"id": case.id, "params": case.params_json(), "case_dir": str(scratch),
+               "record_path": str(record_path), "out_dir": str(out_dir) if out_dir else None}
+    payload_path.write_text(json.dumps(payload), encoding="utf-8")
+    cmd, env = torchrun_command(case, cluster, payload_path)
+    # On a node other than node 0 the ranks follow node 0's writing rank, trial by trial, until it
+    # finishes the case; how long that takes is node 0's to decide, so no deadline here beyond the
+    # ranks' own collective timeouts.
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         try:
-            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            code = None
+            code: int | None = proc.wait()
         finally:
-            _kill_group(proc)
+            kill_group(proc)
     return case_outcome(code, scratch, log_path, p.timeout)
 
 

@@ -239,3 +239,73 @@ def summarize(m: Measurement, target_ci: float) -> dict[str, object]:
         "warmup_s": m.warmup_seconds,
         "stop_reason": m.stop_reason,
     }
+
+
+# --- trials ---------------------------------------------------------------------------------------
+# In rounds (bench.rounds), a case process warms up once and then measures short trials when the
+# coordinator asks, while other cases' processes wait. The two halves of ``measure`` above, apart.
+
+
+@dataclass
+class Calibration:
+    """What a case learned before its first trial: how many steps fill one window."""
+
+    steps_per_window: int
+    warmup_seconds: float
+    seconds_per_step: float
+
+
+def calibrate(step: Callable[[], object], warmup_steps: int, window_time: float,
+              sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
+              agree: Callable[[float], float] = lambda seconds: seconds) -> Calibration:
+    """Warm up (lazy initialisation, allocator growth, autotuning and the optimizer's first step
+    are not steady-state training), then time a few steps so that a window lasts about
+    ``window_time``. ``agree`` makes every rank of a DDP case pick the same window length."""
+    t_start = clock()
+    for _ in range(warmup_steps):
+        step()
+    sync()
+    warm_end = clock()
+    probe = 3
+    for _ in range(probe):
+        step()
+    sync()
+    per_step = max(agree((clock() - warm_end) / probe), 1e-9)
+    return Calibration(max(1, round(window_time / per_step)), warm_end - t_start, per_step)
+
+
+def run_trial(step: Callable[[], object], steps_per_window: int, batch_size: int, seconds: float,
+              sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
+              step_times: bool = True, agree: Callable[[float], float] = lambda s: s,
+              min_windows: int = 1) -> Measurement:
+    """Time windows of ``steps_per_window`` steps until ``seconds`` of measured time (and at least
+    ``min_windows`` windows). ``sync`` runs at window edges only, as in ``measure``; ``agree``
+    turns each window's time into the slowest rank's, so every rank stops after the same window."""
+    result = Measurement(batch_size=batch_size, steps_per_window=steps_per_window)
+    stamps: list[float] = []
+    record = stamps.append
+    elapsed = 0.0
+    while elapsed < seconds or len(result.window_seconds) < min_windows:
+        sync()
+        t0 = clock()
+        if step_times:
+            prev = t0
+            for _ in range(steps_per_window):
+                step()
+                record(clock())
+            for t in stamps:
+                result.step_seconds.append(t - prev)
+                prev = t
+            stamps.clear()
+        else:
+            for _ in range(steps_per_window):
+                step()
+        sync()
+        t1 = clock()
+        window = agree(t1 - t0)
+        result.window_start.append(t0)
+        result.window_seconds.append(window)
+        result.local_window_seconds.append(t1 - t0)
+        elapsed += window
+    result.stop_reason = "trial_time"
+    return result

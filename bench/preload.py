@@ -14,4 +14,5 @@ import torch.profiler
 import torch.utils.flop_counter  # noqa: F401
 import torchvision  # noqa: F401
 
+import bench.session
 import bench.worker  # noqa: F401

@@ -103,6 +103,11 @@ class Throughput(Record):
     ci_target_met: bool | None = Field(default=None, description="Whether the interval reached the target.")
     unit: Literal["samples/s"] = "samples/s"
     per_repeat: list[Positive] | None = Field(default=None, description="Each repeat process's median (`repeats`).")
+    interval: str | None = Field(
+        default=None, description="What `median` and `ci95` are and what the interval covers: in version 2, the "
+                                  "median of trial medians with an order-statistic interval over trials; in version 1, "
+                                  "windows of one stretch (within-run precision only).")
+    trials: int | None = Field(default=None, ge=0, description="Trials the estimate rests on.")
 
 
 class StepTime(Record):
@@ -135,6 +140,9 @@ class Metrics(Record):
     rank_skew: float | None = Field(default=None, description="Fastest rank's throughput over the slowest's, minus 1.")
     peak_rss_mb_per_rank: list[NonNeg] | None = None
     cuda_peak_allocated_mb_per_rank: list[NonNeg] | None = None
+    trials: int | None = Field(default=None, ge=0, description="Trials measured (rounds the case took part in).")
+    trimmed_windows: int | None = Field(default=None, ge=0, description="Windows dropped as warm-up inside trials.")
+    unstable: bool | None = Field(default=None, description="Some trial drifted beyond 10% inside itself.")
 
 
 class Samples(Record):
@@ -145,6 +153,21 @@ class Samples(Record):
     local_window_s: list[NonNeg] = Field(default_factory=list, description="This process's own window times.")
     clock_origin: float | None = Field(default=None, description="perf_counter time of the first window.")
     window_repeat: list[int] | None = Field(default=None, description="Which repeat process each window is from.")
+    window_trial: list[int] | None = Field(default=None, description="Index into `trials` of each window.")
+
+
+class TrialRecord(Record):
+    """One trial: a case's turn in one round, the unit of inference."""
+
+    round: int = Field(ge=0, description="The round it ran in (counted over the whole run).")
+    position: int = Field(ge=0, description="Its index in that round's order.")
+    start_s: float = Field(description="When it started, seconds after the case's first trial.")
+    repeat: int = Field(default=0, ge=0, description="Which of the case's processes ran it (`repeats`).")
+    median: Positive = Field(description="Median throughput of its windows after the warm-up trimmed.")
+    trimmed: int = Field(default=0, ge=0, description="Leading windows dropped as warm-up.")
+    drift: float = Field(default=0.0, description="Relative change between the trial's own segments.")
+    stable: bool = Field(default=True, description="Whether that change is within 10%.")
+    windows: list[Positive] = Field(description="Per-window throughput, samples/s, warm-up included.")
 
 
 class CollectorRecord(Record):
@@ -257,6 +280,7 @@ class CaseRecord(Record):
     samples: Samples | None = Field(description="Raw samples; null unless the case is ok.")
     collectors: Collectors = Field(default_factory=Collectors)
     ranks: list[RankRecord] | None = Field(default=None, description="Per-rank summaries of a DDP case.")
+    trials: list[TrialRecord] | None = Field(default=None, description="Every trial, in time order (version 2).")
     backend: str | None = Field(default=None, description="torch.distributed backend of a DDP case.")
 
     @property
@@ -281,15 +305,46 @@ class ScalingEntry(Record):
     efficiency: NonNeg
 
 
+class RoundsInfo(Record):
+    """How the run's rounds went: enough to replay their order."""
+
+    seed: int = Field(description="Seed of the rounds' random order (`bench run --order-seed`).")
+    completed: int = Field(ge=0, description="Rounds completed.")
+    orders: list[list[str]] = Field(description="The case ids of each round, in the order they ran.")
+    estimator: str = Field(description="How a case's estimate and interval come from its trials.")
+
+
+class EffectRecord(Record):
+    """The paired effect of one value of a swept parameter against its baseline value."""
+
+    parameter: str
+    value: str = Field(description="The value, as a label.")
+    baseline: str = Field(description="The baseline value (the first in the matrix), as a label.")
+    ratio: Positive | None = Field(description="Throughput with `value` over with `baseline`; null without 2 rounds.")
+    low: Positive | None = Field(description="95% interval of the ratio, over rounds.")
+    high: Positive | None = None
+    rounds: int = Field(ge=0, description="Rounds the interval rests on (one log ratio per round).")
+    pairs: int = Field(ge=0, description="Case pairs that differ in this parameter alone.")
+    method: str | None = None
+    missing: list[str] = Field(default_factory=list, description="Cells without a counterpart, each said.")
+
+
 class ResultsDoc(Record):
     """A results file."""
 
-    schema_version: Literal[1] = Field(description="The format version; readers refuse versions they do not know.")
+    schema_version: Literal[1, 2] = Field(description="The format version; readers refuse versions they do not know.")
     suite: SuiteInfo
     run: RunInfo
     environment: Environment
     cases: list[CaseRecord]
     scaling: list[ScalingEntry] = Field(default_factory=list, description="Speedup and efficiency of dp/ddp cases.")
+    rounds: RoundsInfo | None = Field(default=None, description="The rounds (version 2).")
+    effects: list[EffectRecord] = Field(default_factory=list, description="Paired effects of swept parameters.")
+
+    @property
+    def trial_based(self) -> bool:
+        """Whether intervals come from trials in rounds (version 2) or from one stretch's windows."""
+        return self.schema_version >= 2
 
 
 def finite(value: Any) -> Any:

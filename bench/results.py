@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from bench.errors import OutputError, ResultsError
-from bench.records import CaseRecord, Environment, ResultsDoc, RunInfo, ScalingEntry, SuiteInfo, dump
+from bench.records import (
+    CaseRecord,
+    EffectRecord,
+    Environment,
+    ResultsDoc,
+    RoundsInfo,
+    RunInfo,
+    ScalingEntry,
+    SuiteInfo,
+    TrialRecord,
+    dump,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,8 +37,14 @@ if TYPE_CHECKING:
 #      and summary.devices (telemetry of every GPU of a case); ranks[].files and
 #      ranks[].collector_errors (ddp). From here on the records are typed (bench/records.py) and
 #      the JSON Schema is generated from them; the format itself did not change.
+#   2  cases are measured in randomized rounds of trials: cases[].trials, samples.window_trial,
+#      top-level rounds and effects; metrics.throughput.median is the median of trial medians and
+#      ci95 its interval over trials (in 1, the median of one stretch's windows and an interval
+#      from those windows). Version-1 files still load, each case as one trial, labelled.
 # A key removed or changing meaning needs a new version, and readers refuse versions they do not know.
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2
+READABLE_VERSIONS = (1, 2)
+V1_INTERVAL = "windows of one stretch (results version 1): within-run precision only, not run-to-run"
 RESULTS_NAME = "results.json"
 # A results file of 1,000 cases with raw samples is a few MB; anything far larger is not ours.
 MAX_RESULTS_BYTES = 64 * 2**20
@@ -112,12 +129,26 @@ class ResultsWriter:
         self.doc.cases.append(case)
         self.flush()
 
+    def put(self, case: CaseRecord, rounds: RoundsInfo | None = None) -> None:
+        """Add a case, or replace the record of a case of the same id (its trials so far)."""
+        cases = self.doc.cases
+        index = next((i for i, c in enumerate(cases) if c.id == case.id), None)
+        if index is None:
+            cases.append(case)
+        else:
+            cases[index] = case
+        if rounds is not None:
+            self.doc.rounds = rounds
+        self.flush()
+
     def finish(self, status: Literal["complete", "interrupted"] = "complete",
-               scaling: list[ScalingEntry] | None = None) -> None:
+               scaling: list[ScalingEntry] | None = None, effects: list[EffectRecord] | None = None) -> None:
         self.doc.run.finished = now()
         self.doc.run.status = status
         if scaling is not None:
             self.doc.scaling = scaling
+        if effects is not None:
+            self.doc.effects = effects
         self.flush()
 
     def flush(self) -> None:
@@ -194,19 +225,32 @@ def validate_doc(doc: Any, source: str) -> ResultsDoc:
     if not isinstance(doc, dict):
         raise ResultsError(f"{source}: not a bench results file (top level is not an object)")
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ResultsError(f"{source}: schema_version: {version!r} is not supported "
-                           f"(this bench reads version {SCHEMA_VERSION})")
+                           f"(this bench reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     try:
         typed = ResultsDoc.model_validate(doc)
     except ValidationError as exc:
         raise ResultsError(f"{source}: {describe_validation(exc)}") from None
+    if typed.schema_version == 1:
+        _as_one_trial_each(typed)
     seen: set[str] = set()
     for i, case in enumerate(typed.cases):
         if case.id in seen:
             raise ResultsError(f"{source}: cases[{i}].id: duplicate case id {case.id!r}")
         seen.add(case.id)
     return typed
+
+
+def _as_one_trial_each(doc: ResultsDoc) -> None:
+    """A version-1 case was one contiguous stretch: one trial, whose windows are the stretch's."""
+    for case in doc.cases:
+        if case.metrics is None or case.samples is None or case.trials is not None:
+            continue
+        case.trials = [TrialRecord(round=0, position=0, start_s=0.0, median=case.metrics.throughput.median,
+                                   windows=list(case.samples.window_throughput))]
+        case.metrics.throughput.interval = case.metrics.throughput.interval or V1_INTERVAL
+        case.metrics.throughput.trials = 1
 
 
 def describe_validation(exc: ValidationError) -> str:

@@ -16,7 +16,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,11 +24,26 @@ import psutil
 from pydantic import ValidationError
 
 from bench import environment
+from bench import rounds as rounds_mod
+from bench import trials as trial_stats
+from bench.effects import effects
 from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
-from bench.measure import step_time_summary, thin, throughput_summary
-from bench.records import CaseRecord, Environment, ResultsDoc, SuiteInfo, finite
+from bench.records import CaseRecord, EffectRecord, Environment, ResultsDoc, RoundsInfo, SuiteInfo, finite
 from bench.results import ResultsWriter, describe_validation, now, prepare_output
+from bench.rounds import (
+    GROUP_SIZE,
+    CaseState,
+    RoundsLog,
+    Worker,
+    case_result,
+    done_reason,
+    finish,
+    run_round,
+    start_case,
+    start_process,
+    start_torchrun,
+)
 from bench.scaling import analyze
 from bench.suite import Case, Suite
 
@@ -41,6 +56,7 @@ class Observer(Protocol):
     def suite_started(self, suite: Suite, out_dir: Path) -> None: ...
     def case_started(self, case: Case) -> None: ...
     def case_finished(self, case: Case, record: CaseRecord) -> None: ...
+    def trial_finished(self, case: Case, trials: int) -> None: ...
 
 
 class _Silent:
@@ -51,6 +67,9 @@ class _Silent:
         pass
 
     def case_finished(self, case: Case, record: CaseRecord) -> None:
+        pass
+
+    def trial_finished(self, case: Case, trials: int) -> None:
         pass
 
 
@@ -152,6 +171,7 @@ class RunOutcome:
     out_dir: Path
     results_path: Path
     records: list[CaseRecord] = field(default_factory=list)
+    effects: list[EffectRecord] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -189,76 +209,65 @@ def _raw_record(case: Case, started: str, duration: float, result: dict[str, Any
         "samples": result.get("samples"),
         "collectors": result.get("collectors") or {},
         **({"ranks": result["ranks"]} if "ranks" in result else {}),
+        **({"trials": result["trials"]} if "trials" in result else {}),
         **({"backend": result["backend"]} if "backend" in result else {}),
     }
 
 
-def pool_repeats(results: list[dict[str, Any]], target_ci: float) -> dict[str, Any]:
-    """One record from several processes of the same case: windows pooled (the interval then
-    covers process-to-process variation too), each process's median kept."""
-    if len(results) == 1 or any(r.get("status") != "ok" for r in results):
-        return next((r for r in results if r.get("status") != "ok"), results[0])
-    pooled = dict(results[0])
-    samples = {key: [v for r in results for v in r["samples"][key]]
-               for key in ("window_throughput", "window_s", "step_time_ms", "local_window_s")}
-    samples["window_repeat"] = [i for i, r in enumerate(results) for _ in r["samples"]["window_s"]]
-    samples["step_time_ms"] = thin(samples["step_time_ms"])
-    samples["clock_origin"] = results[0]["samples"]["clock_origin"]
-    samples["window_start_s"] = results[0]["samples"]["window_start_s"]
-    metrics = dict(results[0]["metrics"])
-    metrics["throughput"] = {**throughput_summary(samples["window_throughput"], target_ci),
-                             "per_repeat": [r["metrics"]["throughput"]["median"] for r in results]}
-    metrics["step_time_ms"] = step_time_summary(samples["step_time_ms"],
-                                                results[0]["metrics"]["step_time_ms"]["source"])
-    for key in ("windows", "steps", "measured_s"):
-        metrics[key] = sum(r["metrics"][key] for r in results)
-    metrics["peak_rss_mb"] = max(r["metrics"]["peak_rss_mb"] for r in results)
-    metrics["repeats"] = len(results)
-    pooled["metrics"] = metrics
-    pooled["samples"] = samples
-    pooled["warnings"] = sorted({w for r in results for w in r.get("warnings") or []})
-    return pooled
+def _record_of(state: CaseState, out_dir: Path) -> CaseRecord:
+    keep_log = state.log_path.exists() and state.log_path.stat().st_size > 0
+    if state.log_path.exists() and not keep_log and state.stop_reason is not None:
+        state.log_path.unlink()
+    log = str(state.log_path.relative_to(out_dir)) if keep_log else None
+    return _case_record(state.case, state.started or now(), state.duration, case_result(state), log)
 
 
-def _run_one(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
-             env: Environment) -> dict[str, Any]:
-    # Profilers run in the first process only: the pooled record keeps that process's collector
-    # records, and later ones would overwrite the files those records name with others' profiles.
-    later = replace(case, params=case.params.model_copy(update={"profile": ()}))
-    results = [_run_process(launcher, case if i == 0 else later, out_dir, log_path, cluster, env)
-               for i in range(case.params.repeats)]
-    return pool_repeats(results, case.params.measure.target_ci)
+def _restore(state: CaseState, record: CaseRecord) -> None:
+    """Trials of an interrupted run's case, so that ``--resume`` goes on with its rounds."""
+    state.started, state.duration = record.started, record.duration_s
+    samples = record.samples
+    for i, t in enumerate(record.trials or []):
+        window_s = [w for w, k in zip(samples.window_s, samples.window_trial or [], strict=False) if k == i] if samples else []
+        state.trials.append({**t.model_dump(), "window_s": window_s or [1.0] * len(t.windows),
+                             "local_window_s": window_s or [1.0] * len(t.windows),
+                             "step_time_ms": (samples.step_time_ms if samples and i == 0 else []),
+                             "steps": (record.metrics.steps if record.metrics and i == 0 else 0),
+                             "step_source": (record.metrics.step_time_ms.source if record.metrics else None) or "per_step"})
 
 
-def _run_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path, cluster: Cluster,
-                 env: Environment) -> dict[str, Any]:
+def _starter(launcher: CaseLauncher, state: CaseState, out_dir: Path, cluster: Cluster) -> Callable[[int], Worker]:
+    case = state.case
     if case.params.mode != "ddp":
-        if cluster.multi_node:
-            return {"status": "skipped", "error": "multi-node run: only ddp cases run across nodes"}
-        return launcher.run_case(case, out_dir, log_path)
-    reason = skip_reason(case, cluster, cores=env.cores_available or 1, gpus=len(env.gpus))
-    if reason is not None:
-        return {"status": "skipped", "error": reason}
-    work_dir = out_dir / "ranks" / case.id if out_dir is not None else None
-    result = run_ddp_case(case, cluster, work_dir, log_path, out_dir)
-    if work_dir is not None and result.get("status") == "ok":
-        # The scratch folder only matters for a post-mortem: the record now holds everything.
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return result
+        return lambda i: start_process(launcher, case, out_dir, state.log_path)
+    return lambda i: start_torchrun(case, cluster, out_dir / "ranks" / case.id / f"process{i}", state.log_path, out_dir)
+
+
+def _skip_reason(case: Case, cluster: Cluster, env: Environment) -> str | None:
+    if case.params.mode != "ddp":
+        return "multi-node run: only ddp cases run across nodes" if cluster.multi_node else None
+    return skip_reason(case, cluster, cores=env.cores_available or 1, gpus=len(env.gpus))
+
+
+def _groups(states: list[CaseState], cluster: Cluster) -> list[list[CaseState]]:
+    """Cases measured together in rounds. Across nodes one ddp case at a time: the other nodes
+    start their ranks of each case in suite order and cannot serve two cases at once."""
+    size = 1 if cluster.multi_node else GROUP_SIZE
+    return [states[i:i + size] for i in range(0, len(states), size)]
 
 
 def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[str] | None = None,
               only: str | None = None, observer: Observer | None = None, cluster: Cluster | None = None,
-              previous: ResultsDoc | None = None,
+              previous: ResultsDoc | None = None, order_seed: int | None = None,
               after_case: Callable[[ResultsWriter], None] | None = None) -> RunOutcome:
-    """Run every case of ``suite`` in isolation and write ``out_dir/results.json`` after each.
+    """Measure every case of ``suite`` in randomized rounds (``bench.rounds``), each case in a
+    process of its own, and write ``out_dir/results.json`` after every round and every finished case.
 
     Raises ``Interrupted`` on KeyboardInterrupt (the CLI maps SIGTERM to it too), after killing
-    the running case's processes and saving what finished. On a node other than node 0 of a
+    every case process and saving the trials measured so far. On a node other than node 0 of a
     multi-node run, ddp cases run their share of ranks and nothing is written.
 
-    ``previous`` is the document of an interrupted run in ``out_dir`` (``--resume``): its
-    finished cases are kept as they are and not run again."""
+    ``previous`` is the document of an interrupted run in ``out_dir`` (``--resume``): its finished
+    cases are kept as they are, and cases interrupted between rounds go on with their trials."""
     obs = observer or _Silent()
     cluster = cluster or Cluster()
     if cluster.node_rank != 0:
@@ -269,13 +278,22 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     launcher = CaseLauncher()
     env = Environment.model_validate(environment.collect(launcher.probe()))
     done: list[CaseRecord] = []
+    partial: dict[str, CaseRecord] = {}
     run_info: dict[str, Any] = {"argv": argv, "overrides": list(overrides or []), "only": only,
                                 "nnodes": cluster.nnodes}
+    seed = rounds_mod.seed_from(order_seed)
+    completed = 0
     if previous is not None:
         if previous.suite.name != suite.name:
             raise UsageError(f"{out_dir}: holds a run of suite {previous.suite.name!r}, not {suite.name!r}")
         wanted = {c.id for c in suite.cases}
-        done = [c for c in previous.cases if c.id in wanted]
+        for c in previous.cases:
+            if c.id not in wanted:
+                continue
+            if c.status == "ok" and c.metrics is not None and c.metrics.stop_reason is None and c.trials:
+                partial[c.id] = c
+            else:
+                done.append(c)
         run_info["resumed"] = [*previous.run.resumed, now()]
         run_info["started"] = previous.run.started
         # The fingerprint of the first session stays; a resume on another machine mixes numbers
@@ -283,39 +301,110 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
         if environment.differences(previous.environment, env):
             run_info["resumed_on_other_machine"] = True
         env = previous.environment
+        if previous.rounds is not None:
+            seed, completed = previous.rounds.seed, previous.rounds.completed
+    log = RoundsLog(seed=seed, completed=completed,
+                    orders=list(previous.rounds.orders) if previous is not None and previous.rounds else [])
     writer = ResultsWriter(out_dir, suite=SuiteInfo(name=suite.name, path=suite.path, source=suite.source),
-                           environment=env, run=run_info, cases=done)
+                           environment=env, run=run_info, cases=[*done, *partial.values()])
     outcome = RunOutcome(out_dir=out_dir, results_path=writer.path, records=list(done))
     finished = {c.id: c for c in done}
+    states = [CaseState(c, logs / f"{c.id}.log") for c in suite.cases if c.id not in finished]
+    for state in states:
+        if state.case.id in partial:
+            _restore(state, partial[state.case.id])
+    origin = time.perf_counter()
     obs.suite_started(suite, out_dir)
+    for case in suite.cases:
+        if case.id in finished:
+            obs.case_finished(case, finished[case.id])
+
+    def save(state: CaseState) -> CaseRecord:
+        record = _record_of(state, out_dir)
+        writer.put(record, RoundsInfo.model_validate(log.as_dict()))
+        return record
+
+    def close(state: CaseState) -> None:
+        record = save(state)
+        outcome.records.append(record)
+        obs.case_finished(state.case, record)
+        if after_case is not None:
+            after_case(writer)
+
     try:
-        for case in suite.cases:
-            if case.id in finished:
-                obs.case_finished(case, finished[case.id])
-                continue
-            obs.case_started(case)
-            log_path = logs / f"{case.id}.log"
-            started, t0 = now(), time.monotonic()
-            result = _run_one(launcher, case, out_dir, log_path, cluster, env)
-            duration = time.monotonic() - t0
-            keep_log = log_path.exists() and log_path.stat().st_size > 0
-            if log_path.exists() and not keep_log:
-                log_path.unlink()
-            record = _case_record(case, started, duration, result,
-                                  str(log_path.relative_to(out_dir)) if keep_log else None)
-            writer.add(record)
-            outcome.records.append(record)
-            obs.case_finished(case, record)
-            if after_case is not None:
-                after_case(writer)
+        for group in _groups(states, cluster):
+            _run_group(group, launcher, out_dir, cluster, env, log, origin, obs, save, close)
     except KeyboardInterrupt:
-        writer.finish("interrupted", analyze(outcome.records))
-        raise Interrupted(f"interrupted: {len(outcome.records)} of {len(suite.cases)} cases finished "
-                          f"and saved in {writer.path}; continue with: bench run --resume {out_dir}") from None
+        for state in states:
+            rounds_mod.stop_workers(state)
+            if state.trials or state.status != "ok":
+                save(state)
+        writer.finish("interrupted", analyze(writer.doc.cases), effects(writer.doc.cases))
+        finished_count = sum(1 for s in states if s.stop_reason is not None or s.status != "ok") + len(done)
+        raise Interrupted(f"interrupted: {finished_count} of {len(suite.cases)} cases finished, the trials of "
+                          f"the rest saved in {writer.path}; continue with: bench run --resume {out_dir}") from None
     finally:
+        for state in states:
+            rounds_mod.stop_workers(state)
         _stop_forkserver()
-    writer.finish("complete", analyze(outcome.records))
+    writer.finish("complete", analyze(writer.doc.cases), effects(writer.doc.cases))
+    outcome.records = list(writer.doc.cases)
+    outcome.effects = list(writer.doc.effects)
     return outcome
+
+
+def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cluster: Cluster, env: Environment,
+               log: RoundsLog, origin: float, obs: Observer, save: Callable[[CaseState], CaseRecord],
+               close: Callable[[CaseState], None]) -> None:
+    """Start the group's case processes, run its rounds, its collector round, and finish it."""
+    live: list[CaseState] = []
+    for state in group:
+        obs.case_started(state.case)
+        reason = _skip_reason(state.case, cluster, env)
+        if reason is not None:
+            state.status, state.error = "skipped", reason
+        else:
+            start_case(state, _starter(launcher, state, out_dir, cluster), state.case.params.repeats)
+        if state.status == "ok":
+            live.append(state)
+        else:
+            close(state)
+    if not live:
+        return
+    ids = [s.case.id for s in live]
+    budget = max(rounds_mod.max_rounds(s.case) for s in live) + 1
+    orders = trial_stats.round_orders(ids, budget, log.seed + log.completed)
+    for i in range(budget):
+        for state in live:
+            if state.status == "ok" and state.stop_reason is None and state.done is None:
+                state.done = done_reason(state)
+        wanting = {s.case.id for s in live if s.status == "ok" and s.done is None}
+        last = not wanting
+        if last:  # every case has its trials: one more round, with the collectors on
+            wanting = {s.case.id for s in live if s.status == "ok"}
+        order = [c for c in orders[i] if c in wanting]
+        ran = run_round(live, order, log.completed, origin, collect=last,
+                        on_trial=lambda s: obs.trial_finished(s.case, len(s.trials)))
+        log.orders.append(ran)
+        log.completed += 1
+        for state in live:
+            if state.status != "ok" and state.error is not None and not state.closed:
+                state.closed = True
+                close(state)
+            elif state.trials:
+                save(state)
+        if last:
+            break
+    for state in live:
+        if state.closed:
+            continue
+        finish(state)
+        state.stop_reason = state.done or "max_time"
+        if state.case.params.mode == "ddp" and state.status == "ok":
+            # The scratch folder only matters for a post-mortem: the record now holds everything.
+            shutil.rmtree(out_dir / "ranks" / state.case.id, ignore_errors=True)
+        state.closed = True
+        close(state)
 
 
 def _stop_forkserver() -> None:

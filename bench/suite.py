@@ -198,21 +198,43 @@ class DataConfig(BaseModel):
 
 
 class MeasureConfig(BaseModel):
-    """How long and how precisely to time a case."""
+    """How long and how precisely to time a case. A suite runs in rounds: each round gives every
+    case one trial of ``trial_time`` seconds, in random order (see bench/rounds.py)."""
 
     model_config = _STRICT
-    warmup_steps: int = Field(strict=True, default=10, ge=0, le=1_000_000, description="untimed steps before measuring")
-    min_time: Number = Field(default=1.0, gt=0, description="seconds measured at least")
-    max_time: Number = Field(default=10.0, gt=0, description="seconds measured at most")
-    target_ci: Number = Field(default=0.01, gt=0, lt=1, description="stop once the 95% CI half-width is this fraction of the median")
-    window_time: Number = Field(default=0.1, gt=0, description="seconds per timing window (steps are timed in windows)")
-    min_windows: int = Field(strict=True, default=10, ge=3, le=100_000, description="windows measured at least")
+    warmup_steps: int = Field(strict=True, default=10, ge=0, le=1_000_000,
+                              description="untimed steps before the first trial")
+    min_time: Number = Field(default=1.0, gt=0, description="seconds measured at least, over all trials")
+    max_time: Number = Field(default=10.0, gt=0, description="seconds measured at most, over all trials")
+    target_ci: Number = Field(default=0.01, gt=0, lt=1,
+                              description="stop once the 95% interval over trials is within this fraction of the median")
+    trial_time: Number = Field(default=0.5, gt=0, description="seconds of one trial (one case's turn in a round)")
+    min_rounds: int = Field(strict=True, default=6, ge=2, le=100_000,
+                            description="trials at least (6 give a distribution-free 95% interval)")
+    rounds: int | None = Field(strict=True, default=None, ge=2, le=100_000,
+                               description="trials at most (default: as many as max_time allows)")
+    window_time: Number = Field(default=0.05, gt=0, description="seconds per timing window inside a trial")
+    min_windows: int = Field(strict=True, default=5, ge=1, le=100_000, description="windows per trial at least")
 
     @model_validator(mode="after")
     def _check(self) -> MeasureConfig:
         if self.min_time > self.max_time:
             raise ValueError(f"min_time ({self.min_time}) exceeds max_time ({self.max_time})")
+        if self.rounds is not None and self.rounds < self.min_rounds:
+            raise ValueError(f"rounds ({self.rounds}) is below min_rounds ({self.min_rounds})")
         return self
+
+    @property
+    def trial_seconds(self) -> float:
+        """A trial's length: ``trial_time``, shortened where ``max_time`` would not allow
+        ``min_rounds`` trials of it."""
+        return min(self.trial_time, self.max_time / self.min_rounds)
+
+    @property
+    def max_rounds(self) -> int:
+        """Trials a case takes at most (its collector round comes on top)."""
+        by_time = max(self.min_rounds, math.ceil(self.max_time / self.trial_seconds - 1e-9))
+        return min(by_time, self.rounds) if self.rounds is not None else by_time
 
 
 # cpu/cuda: one process, one device. dp: torch.nn.DataParallel over world_size GPUs in one process.
@@ -237,10 +259,11 @@ class CaseParams(BaseModel):
     lr: Number = Field(default=0.01, gt=0)
     threads: int | None = Field(strict=True, default=None, ge=1, le=1024, description="torch intra-op threads; default: all cores")
     seed: int = 0
-    repeats: int = Field(strict=True, default=1, ge=1, le=100, description="processes per case; their windows are pooled, so a "
+    repeats: int = Field(strict=True, default=1, ge=1, le=100, description="processes per case; rounds alternate between them, so a "
                                                       "process-level effect (memory layout, clocks) shows in the CI")
     measure: MeasureConfig = MeasureConfig()
-    timeout: Number = Field(default=300.0, gt=0, description="seconds a case may take in all")
+    timeout: Number = Field(default=300.0, gt=0, description="seconds a case may take to build and warm up, and "
+                                                             "for any one trial or its profilers' extra steps")
     profile: Profiles = Field((), description="profilers to run: none, torch, pyspy or a list")
     profiler: ProfilerConfig = ProfilerConfig()
     nvml_interval: Number = Field(default=0.2, ge=0.01, le=60,

@@ -118,9 +118,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(payload: dict[str, Any]) -> dict[str, Any]:
-    """Build, warm up and measure a single-process case (cpu, cuda or dp); returns its record."""
-    params = CaseParams.model_validate(payload["params"])
+Wrapper = Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def single_process_setup(params: CaseParams) -> tuple[torch.device, int, Wrapper | None, int, list[str]]:
+    """Device, batch per step, model wrapper, threads and warnings of a cpu, cuda or dp case;
+    raises Skip when this machine cannot run it."""
     if params.mode == "ddp":
         raise ValueError("ddp cases run through torch.distributed.run (bench.ddp_worker), not here")
     device = select_device(params)
@@ -129,13 +132,20 @@ def run_case(payload: dict[str, Any]) -> dict[str, Any]:
     warnings: list[str] = []
     if threads > cores:
         warnings.append(f"{threads} threads on {cores} cores: oversubscribed, expect noisy timings")
-    wrap = None
+    wrap: Wrapper | None = None
     batch = params.batch_size
     if params.mode == "dp":
         ids = list(range(params.world_size))
         wrap = lambda m: torch.nn.DataParallel(m, device_ids=ids)  # noqa: E731
         # DataParallel splits one input batch across GPUs: weak scaling keeps batch_size per GPU.
         batch = params.batch_size * params.world_size if params.scaling == "weak" else params.batch_size
+    return device, batch, wrap, threads, warnings
+
+
+def run_case(payload: dict[str, Any]) -> dict[str, Any]:
+    """Build, warm up and measure a single-process case (cpu, cuda or dp); returns its record."""
+    params = CaseParams.model_validate(payload["params"])
+    device, batch, wrap, threads, warnings = single_process_setup(params)
     return measure_case(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
                         threads=threads, warnings=warnings)
 

@@ -18,3 +18,9 @@ def probe_main(conn: Connection) -> None:
     from bench import worker
 
     worker.probe_main(conn)
+
+
+def serve_main(conn: Connection, payload: dict[str, Any], log_path: str | None) -> None:
+    from bench import session
+
+    session.serve_process(payload, conn, log_path)

@@ -13,8 +13,8 @@ import plotly.offline
 import pytest
 from test_report_synthetic import EVIL, make_doc, slower_copy, write_doc
 
+from bench.labels import axis_labels
 from bench.report import build_views, plotly_cdn_url, render, write_report
-from bench.report.model import axis_labels
 from bench.report.resources import measured_spans
 from bench.results import load_run, load_runs
 

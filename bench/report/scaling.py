@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.labels import fmt_value
 from bench.report.figures import COLORWAY, embed, esc, layout, rnd, rnd_all
-from bench.report.model import Cell, Column, Context, Table, View, as_float, fmt_value, num
+from bench.report.model import Cell, Column, Context, Table, View, as_float, num
 
 MODE_ORDER = ("dp", "ddp")
 

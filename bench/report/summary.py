@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.labels import fmt_value
 from bench.report.model import (
     Cell,
     Column,
@@ -14,7 +15,6 @@ from bench.report.model import (
     Table,
     View,
     as_float,
-    fmt_value,
     num,
     si,
     varying_axes,

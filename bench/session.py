@@ -1,0 +1,163 @@
+"""A case built once and measured in trials: the worker side of rounds (``bench.rounds``).
+
+A case process builds its model, data and optimizer, warms up and calibrates its window length
+once, then waits. The coordinator asks it for a trial (a few windows of steps, about
+``measure.trial_time`` seconds) when the case's turn comes in a round, and for its collectors'
+extra work once all rounds are done. Only one case process runs at a time; the others block on
+their pipe, so they take no CPU from the trial being timed.
+
+Why one persistent process per case rather than one per trial: a fresh process per trial would
+repeat the build and warm-up (seconds for a CNN) for every trial, so trials could not be short, and
+short trials interleaved in random order are what let the rounds sample the machine's drift.
+Isolation between cases is unchanged: every case still has a process of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from bench.collectors import CaseContext, make_collectors
+from bench.measure import calibrate, run_trial, thin
+from bench.suite import CaseParams
+from bench.worker import Skip, build_step, describe_error, peak_rss_mb, single_process_setup
+
+
+class CaseSession:
+    """One process's share of a case (the whole case, or one rank of a DDP case), built and warmed
+    up, measuring trials on request. ``batch`` is what this process feeds its model per step,
+    ``samples_per_step`` what all ranks together process per step."""
+
+    def __init__(self, params: CaseParams, device: torch.device, payload: dict[str, Any], *, batch: int,
+                 samples_per_step: int, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None,
+                 threads: int, warnings: list[str], rank: int = 0,
+                 agree: Callable[[float], float] | None = None) -> None:
+        self.params = params
+        self.device = device
+        self.batch = batch
+        self.samples_per_step = samples_per_step
+        self.threads = threads
+        self.warnings = warnings
+        self.agree: Callable[[float], float] = agree or (lambda seconds: seconds)
+        t0 = time.perf_counter()
+        self.step, self.model = build_step(params, device, batch, wrap)
+        self.build_s = time.perf_counter() - t0
+        self.ctx = CaseContext(params=params, device=device, out_dir=payload.get("out_dir"),
+                               case_id=payload.get("id", ""), rank=rank, step=self.step, model=self.model, batch=batch)
+        if agree is not None:
+            self.ctx.agree = agree
+        self.collectors = make_collectors(self.ctx)
+        # On CUDA, steps are asynchronous: synchronise at window edges only, so a window's time
+        # covers exactly its steps; per-step timestamps would time kernel launches, so they are off.
+        self.cuda = device.type == "cuda"
+        self.sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if self.cuda else (lambda: None)
+        self.steps_per_window = 0
+        self.cuda_peaks: tuple[float, float] | None = None
+        # This process's own view over all trials (under DDP each rank's, for its rank summary).
+        self.local_window_s: list[float] = []
+        self.step_ms: list[float] = []
+
+    def prepare(self) -> dict[str, Any]:
+        m = self.params.measure
+        cal = calibrate(self.step, m.warmup_steps, m.window_time, self.sync, agree=self.agree)
+        self.steps_per_window = cal.steps_per_window
+        return {"status": "ready", "device": str(self.device), "threads": self.threads, "build_s": self.build_s,
+                "warmup_s": cal.warmup_seconds, "steps_per_window": cal.steps_per_window,
+                "batch_per_process": self.batch, "warnings": list(self.warnings)}
+
+    def trial(self, seconds: float, collect: bool) -> dict[str, Any]:
+        """Windows of steps for ``seconds``; with ``collect``, the collectors watch this trial
+        (memory and GPU samplers, the window times FLOPs are divided by)."""
+        measure = lambda: run_trial(self.step, self.steps_per_window, self.samples_per_step, seconds,  # noqa: E731
+                                    self.sync, step_times=not self.cuda, agree=self.agree,
+                                    min_windows=self.params.measure.min_windows)
+        if collect:
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+            with self.collectors:
+                result = measure()
+            if self.cuda:
+                self.cuda_peaks = (torch.cuda.max_memory_allocated(self.device) / 2**20,
+                                   torch.cuda.max_memory_reserved(self.device) / 2**20)
+            self.ctx.measurement = result
+        else:
+            result = measure()
+        steps_ms = ([s * 1000 for s in result.step_seconds] or
+                    [s * 1000 / result.steps_per_window for s in result.window_seconds])
+        self.local_window_s.extend(result.local_window_seconds)
+        self.step_ms.extend(thin(steps_ms, 500))
+        return {"status": "ok", "start": result.window_start[0], "window_s": result.window_seconds,
+                "local_window_s": result.local_window_seconds, "window_throughput": result.window_throughput,
+                "steps": result.steps, "step_time_ms": thin(steps_ms, 500),
+                "step_source": "per_step" if result.step_seconds else "window_mean"}
+
+    def finish(self) -> dict[str, Any]:
+        """The collectors' extra, untimed work (profiler windows, the FLOP count) and their records."""
+        self.collectors.after()
+        out: dict[str, Any] = {"status": "ok", "collectors": self.collectors.records(), "peak_rss_mb": peak_rss_mb()}
+        if self.cuda_peaks is not None:
+            out["cuda_peak_allocated_mb"], out["cuda_peak_reserved_mb"] = self.cuda_peaks
+        return out
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, Skip):
+        return {"status": "skipped", "error": str(exc)}
+    return {"status": "failed", "error": describe_error(exc),
+            "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+
+
+def serve(session_factory: Callable[[], CaseSession], receive: Callable[[], dict[str, Any]],
+          send: Callable[[dict[str, Any]], None]) -> None:
+    """The request loop of a case: build and prepare, then answer ``trial`` and ``finish`` until
+    finished or failed. Every answer is one message; a failure is a message, never an exception."""
+    try:
+        session = session_factory()
+        send(session.prepare())
+    except BaseException as exc:  # a user's model may raise anything; it must become a message
+        send(_failure(exc))
+        return
+    while True:
+        request = receive()
+        try:
+            if request["op"] == "trial":
+                send(session.trial(float(request["seconds"]), bool(request.get("collect"))))
+            else:
+                send(session.finish())
+                return
+        except BaseException as exc:
+            send(_failure(exc))
+            return
+
+
+def serve_process(payload: dict[str, Any], conn: Connection, log_path: str | None) -> None:
+    """Entry point of a single-process case (cpu, cuda, dp) in rounds."""
+    if log_path:
+        # The case's own output (warnings, a user's prints) goes to its log, not over the
+        # progress display; the record carries the error text.
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    def factory() -> CaseSession:
+        params = CaseParams.model_validate(payload["params"])
+        device, batch, wrap, threads, warnings = single_process_setup(params)
+        return CaseSession(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
+                           threads=threads, warnings=warnings)
+
+    try:
+        serve(factory, conn.recv, conn.send)
+    except (EOFError, OSError):
+        pass  # the coordinator went away (interrupted): nothing left to answer
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
