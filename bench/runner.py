@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from bench import environment
+from bench import environment, userpath
 from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
 from bench.measure import step_time_summary, thin, throughput_summary
@@ -90,7 +90,10 @@ class CaseLauncher:
         message: Any | None = None
         error: str | None = None
         try:
-            proc.start()
+            # The first start also starts the case server, which would otherwise put this
+            # directory first on its path and import torch and bench from there (bench.userpath).
+            with userpath.safe_path_environ():
+                proc.start()
             sender.close()
             while True:
                 remaining = deadline - time.monotonic()

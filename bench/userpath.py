@@ -12,14 +12,27 @@ do not. So this does not rely on the path it inherits. Validation finds a user's
 run directory as an extra, last place to look, leaving ``sys.path`` alone; a process that builds
 the model (a case process, a DDP rank on any node) appends the run directory to ``sys.path`` just
 before importing the factory, and keeps it there for imports the user's code makes later.
+
+The processes bench starts itself would otherwise get the directory first anyway: the case
+server is started with ``python -c`` and torchrun's agent and ranks with ``python -m``, and both
+put the working directory at the front of their path before importing torch. ``PYTHONSAFEPATH``
+(Python 3.11+; older versions ignore it and keep that behaviour) stops that; each process removes
+it again once started, so that Python processes started by a user's code behave as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from importlib.machinery import ModuleSpec, PathFinder
+
+# The value bench gives PYTHONSAFEPATH (any non-empty value turns it on): a process told so by
+# bench can remove it without undoing a user's own setting.
+_SAFE_PATH = "PYTHONSAFEPATH"
+_BENCH_SET = "set-by-bench"
 
 
 def run_dir() -> str:
@@ -56,3 +69,29 @@ def add_run_dir() -> None:
     here = run_dir()
     if here not in sys.path:
         sys.path.append(here)
+
+
+def safe_path_env() -> dict[str, str]:
+    """Environment entries for a Python process bench starts, so that it does not put its working
+    directory first on its path; empty when the user set ``PYTHONSAFEPATH`` already."""
+    return {} if os.environ.get(_SAFE_PATH) else {_SAFE_PATH: _BENCH_SET}
+
+
+@contextlib.contextmanager
+def safe_path_environ() -> Iterator[None]:
+    """``os.environ`` with ``safe_path_env()`` for processes started inside the block (the case
+    server, which multiprocessing starts with this process's environment)."""
+    added = safe_path_env()
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def forget_safe_path() -> None:
+    """In a process bench started: remove the ``PYTHONSAFEPATH`` bench set, so that processes the
+    user's code starts get the environment they would get outside bench."""
+    if os.environ.get(_SAFE_PATH) == _BENCH_SET:
+        del os.environ[_SAFE_PATH]
