@@ -29,6 +29,7 @@ from bench.measure import median
 from bench.results import atomic_write_text
 from bench.session import CaseSession
 from bench.suite import CaseParams
+from bench.userpath import forget_safe_path
 from bench.worker import Skip, describe_error, select_device, set_threads
 
 
@@ -246,6 +247,7 @@ def run_rank(payload: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    forget_safe_path()  # torchrun and this rank needed it, the user's code should not see it
     payload = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
     rank = int(os.environ.get("RANK", "0"))
     try:

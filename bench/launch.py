@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from bench import userpath
 from bench.suite import Case
 
 
@@ -153,8 +154,10 @@ def torchrun_command(case: Case, cluster: Cluster, payload_path: Path) -> tuple[
     else:
         cmd += ["--standalone", "--nnodes=1"]
     cmd += ["-m", "bench.ddp_worker", str(payload_path)]
+    # Without PYTHONSAFEPATH, `-m` would put this directory first on the path of torchrun and of
+    # every rank; a user's model is imported from it last instead (bench.userpath).
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-           "BENCH_NODE_RANK": str(cluster.node_rank)}
+           "BENCH_NODE_RANK": str(cluster.node_rank), **userpath.safe_path_env()}
     return cmd, env
 
 

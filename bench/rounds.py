@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import trials as stats
+from bench import userpath
 from bench.measure import step_time_summary, thin
 from bench.suite import Case
 
@@ -125,7 +126,8 @@ def start_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_
     parent, child = launcher.ctx.Pipe(duplex=True)
     payload = {"id": case.id, "params": case.params_json(), "out_dir": str(out_dir) if out_dir else None}
     proc = launcher.ctx.Process(target=worker_entry.serve_main, args=(child, payload, str(log_path)), daemon=False)
-    proc.start()
+    with userpath.safe_path_environ():  # should this start the case server (bench.userpath)
+        proc.start()
     child.close()
 
     def stop() -> None:

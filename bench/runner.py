@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import psutil
 from pydantic import ValidationError
 
-from bench import environment
+from bench import environment, userpath
 from bench import rounds as rounds_mod
 from bench import trials as trial_stats
 from bench.effects import effects
@@ -111,7 +111,10 @@ class CaseLauncher:
         message: Any | None = None
         error: str | None = None
         try:
-            proc.start()
+            # The first start also starts the case server, which would otherwise put this
+            # directory first on its path and import torch and bench from there (bench.userpath).
+            with userpath.safe_path_environ():
+                proc.start()
             sender.close()
             while True:
                 remaining = deadline - time.monotonic()

@@ -9,7 +9,9 @@ from typing import Any
 
 
 def child_main(conn: Connection, payload: dict[str, Any], log_path: str | None) -> None:
-    from bench import worker
+    from bench import userpath, worker
+
+    userpath.forget_safe_path()  # the case server needed it, the user's code should not see it
 
     worker.child_main(payload, conn, log_path)
 
@@ -21,6 +23,8 @@ def probe_main(conn: Connection) -> None:
 
 
 def serve_main(conn: Connection, payload: dict[str, Any], log_path: str | None) -> None:
-    from bench import session
+    from bench import session, userpath
+
+    userpath.forget_safe_path()  # the case server needed it, the user's code should not see it
 
     session.serve_process(payload, conn, log_path)

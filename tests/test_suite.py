@@ -3,6 +3,8 @@ overrides, case selection and ids, and every class of bad input through the CLI.
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +316,25 @@ def test_an_import_path_may_name_a_factory_defined_in_a_branch_or_except_handler
         check_import_path("branchy_models.missing")
 
 
+def test_an_import_path_resolves_in_the_directory_bench_runs_in_without_running_or_adding_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("raise SystemExit('validation must not run this')\n",
+                                                 encoding="utf-8")
+    (tmp_path / "pkg" / "models.py").write_text("def make(): ...\n", encoding="utf-8")
+    (tmp_path / "single.py").write_text("def make(): ...\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    check_import_path("pkg.models:make")
+    check_import_path("single:make")
+    assert sys.path == path_before
+    assert "pkg" not in sys.modules
+    with pytest.raises(ValueError, match=rf"package 'pkg' \({re.escape(str(tmp_path / 'pkg'))}\) has no module 'nope'"):
+        check_import_path("pkg.nope:make")
+    with pytest.raises(ValueError, match=r"'single' \(.*single\.py\) is a module, not a package"):
+        check_import_path("single.sub:make")
+
+
 def test_a_user_model_by_import_path_is_checked_without_running_it(write_suite: Any) -> None:
     path = write_suite("""
 name: user
@@ -358,7 +379,10 @@ BAD_CASES = [
     ("exclude_not_an_axis", "exclude[0].activation", "is not a matrix axis (axes: optimizer)"),
     ("zero_batch_size", "matrix.batch_size[1]", "greater than 0"),
     ("negative_batch_size", "include[0].batch_size", "greater than 0"),
-    ("import_unresolved", "matrix.model[0]", "cannot resolve module 'no_such_pkg_for_bench.mod'"),
+    ("import_unresolved", "matrix.model[0]",
+     "cannot resolve module 'no_such_pkg_for_bench.mod' of 'no_such_pkg_for_bench.mod:make': no module "
+     f"'no_such_pkg_for_bench' in {ROOT} (the directory bench runs in, which is on the import path) nor "
+     "elsewhere on the import path; for code in another directory, add that directory to PYTHONPATH"),
     ("import_no_factory", "matrix.model[0]", "module 'usermodels' defines no 'nothing_here'"),
     ("import_without_shape", "matrix.model[0]", "a model given by 'import' needs 'input_shape'"),
     ("missing_model", "defaults", "'model' is missing"),

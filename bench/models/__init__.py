@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bench import userpath
 from bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -46,16 +46,15 @@ def torchvision_names() -> list[str]:
 def check_import_path(path: str) -> None:
     """Raise ValueError unless ``path`` ('pkg.module:factory') names a module that exists and, where
     its source is readable, defines ``factory`` at top level. The module is located, never executed:
-    validating a suite must not run a user's code."""
+    validating a suite must not run a user's code. It is looked for where a case process would
+    import it from: the import path, then the directory ``bench`` runs in (see ``bench.userpath``)."""
     module, sep, attr = path.partition(":")
     if not sep or not module or not attr.isidentifier():
         raise ValueError(f"import path {path!r} must look like 'package.module:factory'")
     try:
-        spec = importlib.util.find_spec(module)
+        spec = userpath.find_spec(module)
     except (ImportError, ValueError) as exc:
         raise ValueError(f"cannot resolve module {module!r} of {path!r}: {exc}") from None
-    if spec is None:
-        raise ValueError(f"cannot resolve module {module!r} of {path!r}: no such module")
     source = None
     if spec.origin and spec.origin.endswith(".py"):
         try:
@@ -97,7 +96,9 @@ def _top_level_names(tree: ast.Module) -> set[str]:
 
 
 def import_factory(path: str) -> Any:
+    """The factory ``path`` names (in a case process or a DDP rank: this runs the user's module)."""
     module, _, attr = path.partition(":")
+    userpath.add_run_dir()
     return getattr(importlib.import_module(module), attr)
 
 
