@@ -1,6 +1,8 @@
-"""Compare two runs case by case: the change of each metric as a ratio of medians with a 95%
-bootstrap confidence interval, a Mann-Whitney U test on the raw samples, a correction for testing
-many cases at once, and a verdict per rule. Also the outputs of `bench compare`: a terminal table,
+"""Compare two stored runs case by case (unpaired: they ran at different times): the change of each
+metric as a ratio of medians with a 95% bootstrap confidence interval, a Mann-Whitney U test, a
+correction for testing many cases at once, and a verdict per rule. The unit of each test is a
+trial (a case's turn in one of its run's randomized rounds); for version-1 results, which have no
+trials, the windows of each case's one stretch stand in, and the rows say so. Also the outputs of `bench compare`: a terminal table,
 a Markdown summary for CI, and JSON.
 
 Verdicts, for a rule such as ``throughput:-5%`` (``bench.rules``):
@@ -15,8 +17,8 @@ Verdicts, for a rule such as ``throughput:-5%`` (``bench.rules``):
 Metrics stored as one value per case (``peak_rss_mb``...) have no samples to test: their change is
 a plain ratio, judged against the threshold alone (regression / improvement / unchanged).
 
-Why these statistics: window throughputs are skewed by stragglers (GC, other tenants), so medians
-and a rank test are used rather than means and a t-test; the bootstrap needs no distribution
+Why these statistics: throughputs are skewed by stragglers (GC, other tenants), so medians and a
+rank test are used rather than means and a t-test; the bootstrap needs no distribution
 either. The bootstrap uses a fixed seed, so the same files always give the same verdicts.
 """
 
@@ -76,6 +78,7 @@ class MetricComparison:
     n_base: int = 0
     n_new: int = 0
     p_raw: float | None = None
+    unit: str = "trials"  # what one sample is: a trial in rounds, or a window of one stretch (version 1)
 
 
 @dataclass(frozen=True)
@@ -245,13 +248,14 @@ class _Pending:
     n_base: int
     n_new: int
     pair: int | None  # index into the sample pairs, None for a single-value metric
+    unit: str = "value"
 
 
 def _inconclusive(case_id: str, rule: Rule, why: str, base: float = math.nan, new: float = math.nan,
                   n: tuple[int, int] = (0, 0)) -> MetricComparison:
     change = new / base - 1 if base > 0 and math.isfinite(new) else math.nan
     return MetricComparison(case_id, rule.metric, base, new, change, None, None, "inconclusive",
-                            f"Inconclusive: case {case_id!r} {why}", str(rule), n[0], n[1])
+                            f"Inconclusive: case {case_id!r} {why}", str(rule), n[0], n[1], unit="-")
 
 
 def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, n_case: CaseRecord,
@@ -263,7 +267,10 @@ def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, 
             why = f": {case.error}" if case.error else ""
             return _inconclusive(case_id, rule, f"is {case.status} in {run.label}{why}")
     spec = rule.spec
-    b_samples, n_samples = np.asarray(spec.samples(b_case)), np.asarray(spec.samples(n_case))
+    # Trials are the unit of inference: the windows of one stretch share its machine state. Only
+    # where a side has no trials to speak of (version-1 results) do windows stand in, and say so.
+    unit = "trials" if all(len(c.trials or []) >= 2 for c in (b_case, n_case)) else "windows"
+    b_samples, n_samples = np.asarray(spec.samples(b_case, unit)), np.asarray(spec.samples(n_case, unit))
     n = (len(b_samples), len(n_samples))
     if spec.samples_key is not None and min(n) > 0:
         b_value: float | None = float(np.median(b_samples))
@@ -277,10 +284,10 @@ def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, 
     if spec.samples_key is None:
         return _Pending(case_id, rule, b_value, n_value, 0, 0, None)
     if min(n) < min_samples:
-        return _inconclusive(case_id, rule, f"has too few {rule.metric} samples to test ({n[0]} in {base.label}, "
+        return _inconclusive(case_id, rule, f"has too few {rule.metric} {unit} to test ({n[0]} in {base.label}, "
                                             f"{n[1]} in {new.label}; need {min_samples})", b_value, n_value, n)
     pairs.append((b_samples, n_samples))
-    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1)
+    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1, unit)
 
 
 def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None, *, alpha: float = ALPHA,
@@ -318,7 +325,7 @@ def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None,
         rows.append(MetricComparison(
             item.case_id, item.rule.metric, item.base, item.new, change, ci, p, verdict,
             _message(verdict, item.rule, item.case_id, item.base, item.new, change, ci, p, name),
-            str(item.rule), item.n_base, item.n_new, p_raw))
+            str(item.rule), item.n_base, item.n_new, p_raw, item.unit))
     return Comparison(base.label, new.label, rows, added, removed,
                       differences(base.environment, new.environment), chosen, alpha, correction,
                       base.environment, new.environment)
@@ -417,7 +424,10 @@ def to_markdown(comparison: Comparison) -> str:
              f"{outcome}" + (f" ({rest})" if rest else ""), "",
              f"Rules: {', '.join(f'`{r}`' for r in c.rules)}; a change is a regression when it is significant "
              f"(Mann-Whitney U, {CORRECTION_NAMES[c.correction]}-corrected p < {c.alpha:g}), its 95% bootstrap "
-             f"CI of the ratio of medians excludes 0, and it is at least the threshold."
+             f"CI of the ratio of medians excludes 0, and it is at least the threshold. The runs are unpaired "
+             f"(made at different times); each test's samples are the cases' trials"
+             + (", or for version-1 results the windows of one stretch, which understate run-to-run noise"
+                if any(r.unit == "windows" for r in c.rows) else "") + "."
              + "".join(f" `{r.metric}` has one value per run and is judged by the ratio alone."
                        for r in c.rules if r.spec.samples_key is None), ""]
     if c.env_differences:

@@ -117,12 +117,12 @@ class ResultsWriter:
     interrupted run keeps every case that finished."""
 
     def __init__(self, out_dir: Path, suite: SuiteInfo, environment: Environment, run: dict[str, Any],
-                 cases: list[CaseRecord] | None = None) -> None:
+                 cases: list[CaseRecord] | None = None, rounds: RoundsInfo | None = None) -> None:
         self.path = out_dir / RESULTS_NAME
         self.doc = ResultsDoc(
             schema_version=SCHEMA_VERSION, suite=suite,
             run=RunInfo.model_validate({"started": now(), "finished": None, "status": "running", **run}),
-            environment=environment, cases=list(cases or []))
+            environment=environment, cases=list(cases or []), rounds=rounds)
         self.flush()
 
     def add(self, case: CaseRecord) -> None:

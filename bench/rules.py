@@ -36,9 +36,20 @@ class MetricSpec:
             node = getattr(node, key, None)
         return float(node) if isinstance(node, (int, float)) and math.isfinite(node) else None
 
-    def samples(self, case: CaseRecord) -> list[float]:
+    def samples(self, case: CaseRecord, unit: str = "windows") -> list[float]:
+        """The values a comparison tests: one per trial (``unit`` "trials": the trial medians, or
+        the step time they imply), or the raw window or step samples of a version-1 stretch."""
         if self.samples_key is None or case.samples is None:
             return []
+        if unit == "trials" and case.trials:
+            medians = [t.median for t in case.trials]
+            if self.samples_key == "window_throughput":
+                return medians
+            # Step time follows from throughput: a step processes the same samples in every trial.
+            s = case.samples
+            steps = case.metrics.steps_per_window if case.metrics and case.metrics.steps_per_window else 1
+            per_step = s.window_throughput[0] * s.window_s[0] / steps if s.window_s else 0.0
+            return [1000 * per_step / m for m in medians] if per_step > 0 else []
         raw: list[float] = getattr(case.samples, self.samples_key)
         return [float(v) for v in raw]
 

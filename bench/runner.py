@@ -309,7 +309,8 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     log = RoundsLog(seed=seed, completed=completed,
                     orders=list(previous.rounds.orders) if previous is not None and previous.rounds else [])
     writer = ResultsWriter(out_dir, suite=SuiteInfo(name=suite.name, path=suite.path, source=suite.source),
-                           environment=env, run=run_info, cases=[*done, *partial.values()])
+                           environment=env, run=run_info, cases=[*done, *partial.values()],
+                           rounds=RoundsInfo.model_validate(log.as_dict()))
     outcome = RunOutcome(out_dir=out_dir, results_path=writer.path, records=list(done))
     finished = {c.id: c for c in done}
     states = [CaseState(c, logs / f"{c.id}.log") for c in suite.cases if c.id not in finished]
@@ -350,6 +351,8 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
         for state in states:
             rounds_mod.stop_workers(state)
         _stop_forkserver()
+    order = {c.id: i for i, c in enumerate(suite.cases)}
+    writer.doc.cases.sort(key=lambda c: order.get(c.id, len(order)))
     writer.finish("complete", analyze(writer.doc.cases), effects(writer.doc.cases))
     outcome.records = list(writer.doc.cases)
     outcome.effects = list(writer.doc.effects)

@@ -9,40 +9,41 @@ warm-up or a drift inside it (``detect_drift``); no interval is computed from th
 Assumptions, and what the intervals therefore cover:
 
 - Given what the machine did during the run, a case's trials in different rounds are independent:
-  the order inside each round is random and each trial's noise is its own. They need not be
-  identically distributed (the machine drifts), so ``estimate`` covers a median over *this run*:
-  that of the throughput the case shows in a trial at a random position of a random round (rounds
-  weighted equally). It says nothing about another hour on this machine; with drift this slow only
-  repeated runs can (``bench history``).
+  each round's order is random and each trial's noise its own (exactly so with ``balanced=False``;
+  the balanced design draws positions without replacement in a block, checked by simulation). They
+  need not be identically distributed (the machine drifts), so ``estimate`` covers a median over
+  *this run*: of the throughput the case shows in a trial at a random position of a random round
+  (rounds weighted equally). Another hour on this machine needs repeated runs (``bench history``).
 - Drift is shared by the cases of one round, and a case's effect is a factor (additive in logs) that
   does not depend on the machine's state. The log ratio of two cases in one round is then the log
   effect, plus the difference of two trials' noise, plus the drift between their two positions;
   random order makes the last term symmetric about zero, and two equally noisy cases make the whole
   symmetric about the log effect. ``paired_effect`` covers that effect itself, beyond this run.
 
-Coverage measured by ``tests/test_trials.py`` on AR(1) drift (correlation 0.5 between neighbouring
-rounds, 8% spread, 3% trial noise), 2000 runs each: ``estimate`` 0.96-0.99 for 8-30 trials;
-``paired_effect`` 0.95-0.96 for 8-30 rounds.
+Coverage of the 95% intervals simulated in ``tests/test_trials.py`` (4 cases; log machine speed
+AR(1), 8% spread, correlation 0.5 from one round to the next; 3% trial noise; 2000 runs of 8-30
+rounds): ``estimate`` covers the run's median in 99.6-100% (one stretch's windows pooled by
+``median_ci``: 27%), ``paired_effect`` the true effect in 94-96%. The machine's long-run centre,
+not claimed, is covered in 94-99% if rounds barely correlate, but 82-94% at 0.5 between rounds.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from itertools import combinations
+from functools import cache
+from itertools import combinations, pairwise
+from typing import Any
 
 from bench.measure import median, median_ci
 
 CONFIDENCE = 0.95
-# A trial whose levels differ by more than this after its warm-up is not stable.
-DRIFT_THRESHOLD = 0.10
-# Leading windows this many noise units below the trial's later level are warm-up.
-WARMUP_Z = 3.0
-# No trial's windows repeat more closely than this (log units); keeps a flat series from splitting.
-NOISE_FLOOR = 0.005
+DRIFT_THRESHOLD = 0.10  # a trial whose levels differ by more after its warm-up is not stable
+WARMUP_Z = 3.0  # leading windows this many noise units below the later level are warm-up
+NOISE_FLOOR = 0.005  # log units; no two windows repeat closer, so a flat series does not split
 # Standardised log throughputs are clipped here before segmenting, so one straggler window (GC,
 # another tenant) moves a segment's mean no more than a window three noise units off would.
 CLIP = 3.0
@@ -70,29 +71,24 @@ def _t_interval(logs: Sequence[float], confidence: float) -> tuple[float, float]
     """Student-t interval of the mean of ``logs`` (n >= 2): exact for normal values."""
     from scipy.special import stdtrit
 
-    n = len(logs)
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
-    half = float(stdtrit(n - 1, 1 - (1 - confidence) / 2)) * sd / math.sqrt(n)
+    mean, n = statistics.fmean(logs), len(logs)
+    half = float(stdtrit(n - 1, 1 - (1 - confidence) / 2)) * statistics.stdev(logs) / math.sqrt(n)
     return mean - half, mean + half
 
 
 # --- the schedule -------------------------------------------------------------------------------
 
-def _shuffle(items: list[int], rng: random.Random) -> None:
-    # Fisher-Yates from rng.random() alone: Python guarantees random()'s sequence for a seed across
-    # versions, but not shuffle()'s or randrange()'s, and a recorded seed must replay its orders.
+def _shuffle(items: list[Any], rng: random.Random) -> None:
+    # Fisher-Yates on rng.random() alone: Python keeps random()'s sequence for a seed across
+    # versions, not shuffle()'s, and a recorded seed must replay its orders.
     for i in range(len(items) - 1, 0, -1):
         j = int(rng.random() * (i + 1))
         items[i], items[j] = items[j], items[i]
 
 
 def _williams(k: int) -> list[list[int]]:
-    """Williams design: each symbol once per position per k rows; each ordered pair of neighbours
-    equally often over all rows (k rows for even k; for odd k, k rows and their k mirror images)."""
-    base = [0]
-    for j in range(1, k):
-        base.append((j + 1) // 2 if j % 2 else k - j // 2)
+    """Williams design: k rows (even k) or k rows and their mirror images (odd k)."""
+    base = [0] + [(j + 1) // 2 if j % 2 else k - j // 2 for j in range(1, k)]  # 0, 1, k-1, 2, ...
     rows = [[(b + i) % k for b in base] for i in range(k)]
     return rows if k % 2 == 0 else rows + [row[::-1] for row in rows]
 
@@ -106,9 +102,10 @@ def round_orders(case_ids: Sequence[str], rounds: int, seed: int, *,
     assignment of cases to symbols and a random order of its rows. In each block of k rounds (k
     cases) every case takes every position once, and over a full block (k rounds for even k, 2k for
     odd k) every case directly precedes every other equally often, so neither a position nor a
-    neighbour favours a case. A last partial block keeps each case at most once per position. Each
-    case's position in a round is uniform at random, and any two cases are equally likely in either
-    order. ``balanced=False``: an independent uniform permutation per round."""
+    neighbour favours a case. In a last partial block each case takes each position at most once
+    per k rounds. Each case's position in a round is uniform at random, and any two cases are
+    equally likely in either order. ``balanced=False``: an independent uniform permutation per
+    round."""
     ids = list(case_ids)
     if len(set(ids)) != len(ids):
         raise ValueError(f"case ids must be distinct: {ids}")
@@ -118,19 +115,17 @@ def round_orders(case_ids: Sequence[str], rounds: int, seed: int, *,
     k = len(ids)
     orders: list[list[int]] = []
     while len(orders) < rounds:
-        if not balanced:
-            perm = list(range(k))
-            _shuffle(perm, rng)
-            orders.append(perm)
-            continue
-        design = _williams(k) if k else [[]]
-        halves = [design[:k], design[k:]] if len(design) > k else [design]
-        _shuffle(order := list(range(len(halves))), rng)
-        block: list[list[int]] = []
-        for h in order:
-            rows = list(range(len(halves[h])))
-            _shuffle(rows, rng)
-            block.extend(halves[h][r] for r in rows)
+        block: list[list[int]] = [list(range(k))]  # unbalanced: one row, relabelled at random
+        if balanced and k > 1:
+            design = _williams(k)
+            # Odd k: the square and its mirror image, each a Latin square, in random order.
+            halves = [design[:k], design[k:]] if k % 2 else [design]
+            if rng.random() < 0.5:
+                halves.reverse()
+            block = []
+            for half in halves:
+                _shuffle(half, rng)
+                block += half
         label = list(range(k))
         _shuffle(label, rng)
         orders.extend([label[s] for s in row] for row in block[:rounds - len(orders)])
@@ -144,9 +139,9 @@ class Estimate:
     """A case's throughput from its trials. ``point`` is the median of the trial medians.
 
     ``low``..``high`` is a ``confidence`` interval for the median over this run (module docstring):
-    with n >= ``min_trials`` trials, the distribution-free order-statistic interval of the median;
-    with 2..5, a t-interval of the mean log trial median (which equals that median only where log
-    throughput is symmetric, assumes normality, and never meets a target); with 0 or 1, None."""
+    with n >= ``min_trials`` trials (6 at 95%), the distribution-free order-statistic interval of
+    the median; with 2 to 5, a t-interval of the mean log trial median (which equals that median only
+    where log throughput is symmetric; it assumes normality and never meets a target); else None."""
 
     point: float
     low: float | None
@@ -167,21 +162,18 @@ def estimate(trial_medians: Sequence[float], confidence: float = CONFIDENCE) -> 
     """Median of per-trial medians, with an interval from the variation between trials.
 
     Why order statistics: given the run, the count of trials below the run's median is a sum of
-    independent Bernoulli variables with mean n/2; such a sum's tails are no heavier than the
-    binomial's (Hoeffding 1956), so the binomial ranks of ``median_ci`` cover it with at least
-    ``confidence``, without assuming a shape and however the trials differ. A bootstrap would
-    assume more and, for the median of 8-30 values, undercover."""
+    independent Bernoulli variables (module docstring) with mean n/2, whose tails are no heavier
+    than the binomial's (Hoeffding 1956), so the binomial ranks of ``median_ci`` cover it with at
+    least ``confidence``, without assuming a shape and however the trials differ. A bootstrap
+    would assume more and, for the median of 8-30 values, undercover."""
     values = _positive(trial_medians, "trial medians")
-    n = len(values)
-    if n == 0:
-        return Estimate(math.nan, None, None, 0, "no trials", confidence)
-    point = median(values)
+    n, point = len(values), median(values)
+    if n < 2:
+        return Estimate(point, None, None, n, "median of trial medians; no interval", confidence)
     if n >= min_trials(confidence):
         low, high = median_ci(values, confidence)
         return Estimate(point, low, high, n, "median of trial medians; order-statistic interval",
                         confidence)
-    if n == 1:
-        return Estimate(point, None, None, 1, "single trial; no interval", confidence)
     lo, hi = _t_interval([math.log(v) for v in values], confidence)
     return Estimate(point, min(math.exp(lo), point), max(math.exp(hi), point), n,
                     "median of trial medians; t-interval on log trial medians (few trials: assumes "
@@ -203,15 +195,15 @@ def rounds_needed(trial_medians: Sequence[float], target: float,
     meets the target (for large n, (1.96 * 1.2533 * sd / target)**2 at 95%: width ~ 1/sqrt(n))."""
     from scipy.special import ndtri
 
+    if not target > 0:
+        raise ValueError(f"target must be positive, got {target}")
     values = _positive(trial_medians, "trial medians")
     n = len(values)
     if target_met(estimate(values, confidence), target):
         return 0
     if n < 2:
         return None
-    logs = [math.log(v) for v in values]
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+    sd = statistics.stdev([math.log(v) for v in values])
 
     def width(total: int) -> float:  # predicted relative half-width with ``total`` trials
         low, _ = median_ci(range(total), confidence)  # 0-based rank of the lower bound
@@ -232,9 +224,9 @@ class DriftResult:
     """What the windows of one trial show about its own stability."""
 
     warmup: int
-    """Leading windows to trim: those before the first that is within ``WARMUP_Z`` noise units of
-    (or above) the median of the windows after the longest possible warm-up, which is a quarter of
-    the windows or ``min_size``, leaving at least ``min_size``."""
+    """Leading windows to trim: those before the first within ``WARMUP_Z`` noise units of (or
+    above) the median of the windows after the longest warm-up allowed (a quarter of the windows
+    or ``min_size``, leaving at least ``min_size``)."""
     change: float
     """Signed relative change (later over earlier, minus 1) between the two segments whose median
     levels differ most, after the warm-up; 0.0 with a single segment."""
@@ -252,10 +244,9 @@ def _noise(y: Sequence[float]) -> float:
     d = np.abs(np.diff(np.asarray(y, dtype=float)))
     if len(d) == 0:
         return NOISE_FLOOR
-    # Mean absolute successive difference (sd = mean|d| * sqrt(pi) / 2 for normal noise): far less
-    # noisy than a MAD from 5-50 windows, which let 10-18% of flat series split. Each level shift
-    # adds a single difference, and capping at 4x the median difference keeps a straggler from
-    # inflating the noise and hiding a real change.
+    # Mean absolute successive difference (sd = mean|d| * sqrt(pi) / 2 for normal noise): a MAD of
+    # 5-50 windows is so noisy that 10-18% of flat series split. A level shift adds one difference;
+    # the cap at 4x the median difference keeps a straggler from hiding a real change.
     return max(float(np.mean(np.minimum(d, 4 * np.median(d)))) * math.sqrt(math.pi) / 2, NOISE_FLOOR)
 
 
@@ -267,9 +258,10 @@ def detect_drift(windows: Sequence[float], *, min_size: int = 3, penalty: float 
     penalised segmentation (``ruptures.KernelCPD`` with a linear kernel, the L2 cost of PELT in C)
     of the log throughputs standardised by their robust noise and clipped at +-``CLIP``; segments
     hold at least ``min_size`` windows; ``penalty`` defaults to 3 ln(m) + 1 in noise units for m
-    windows. Simulated with 10% normal noise (1000 series each), stationary trials are flagged
-    unstable 4-5% of the time for 6-15 windows and 1-3% for 20-50 (t3 noise: at most 3%); a 20%
-    step halfway is caught 32% (6 windows), 50% (10), 79% (20), 94% (30), 98% (40) of the time."""
+    windows (calibrated). Simulated, 10% noise, 1000 series each: stationary trials are flagged
+    unstable in 1-4% (normal or t3 noise, 6-50 windows), lose a window to a false warm-up in 6% (6
+    windows), at most 3.4% (10-50); a 20% step halfway is caught in 11% (6 windows), 49% (10), 81%
+    (20), 92% (30), 98% (40), 99% (50)."""
     import numpy as np
 
     y = np.log(np.asarray(_positive(windows, "window throughputs")))
@@ -277,8 +269,7 @@ def detect_drift(windows: Sequence[float], *, min_size: int = 3, penalty: float 
     limit = min(max(min_size, n // 4), n - min_size)
     warmup = 0
     if limit > 0:
-        # Judged against the windows that cannot be warm-up, so that its own steps do not
-        # inflate the noise.
+        # Judged by windows that cannot be warm-up, so that its own steps do not inflate the noise.
         later = y[limit:]
         bar = float(np.median(later)) - WARMUP_Z * _noise(later)
         while warmup < limit and y[warmup] < bar:
@@ -295,7 +286,7 @@ def detect_drift(windows: Sequence[float], *, min_size: int = 3, penalty: float 
         ends = ruptures.KernelCPD(kernel="linear", min_size=min_size).fit(z).predict(pen=pen)
         starts = [int(e) for e in ends[:-1]]
     bounds = [0, *starts, m]
-    levels = [float(np.median(rest[a:b])) for a, b in zip(bounds, bounds[1:])]
+    levels = [float(np.median(rest[a:b])) for a, b in pairwise(bounds)]
     shift = max((levels[j] - levels[i] for i, j in combinations(range(len(levels)), 2)),
                 key=abs, default=0.0)
     change = math.expm1(shift)
@@ -304,14 +295,12 @@ def detect_drift(windows: Sequence[float], *, min_size: int = 3, penalty: float 
 
 @dataclass(frozen=True)
 class Trial:
-    """One case's trial: the unit of inference."""
+    """One case's trial, the unit of inference: it ran in ``round`` at index ``position`` of that
+    round's order, starting at ``start`` seconds on the clock shared by all trials of the run."""
 
     round: int
-    """The round it ran in."""
     position: int
-    """Its index in that round's order."""
     start: float
-    """When it started, in seconds on the clock shared by all trials of the run."""
     windows: tuple[float, ...]
     """Per-window throughputs in samples/s, in time order, warm-up included."""
     trimmed: int = 0
@@ -343,8 +332,8 @@ class Effect:
 
     ``low``..``high`` is a ``confidence`` interval for the effect itself (module docstring): with
     ``n_pairs`` >= ``min_trials`` rounds, the distribution-free Wilcoxon signed-rank interval of the
-    centre of symmetry of the per-round log ratios; with 2..5, a t-interval of their mean
-    (assumes normality)."""
+    centre of symmetry of the per-round log ratios; with 2 to 5 (at 95%), a t-interval of their
+    mean (assumes normality)."""
 
     point: float
     low: float
@@ -365,7 +354,7 @@ class Effect:
                 f"[{ratio_to_pct(self.low):+.1f}, {ratio_to_pct(self.high):+.1f}]")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signed_rank_k(n: int, confidence: float) -> int:
     """Largest k with P(T+ <= k - 1) <= alpha/2 for the signed-rank statistic T+ of n values
     (exact null distribution up to 300, normal beyond); 0 when no such k exists."""
@@ -413,7 +402,7 @@ def _log_ratios(base: Mapping[int, float], other: Mapping[int, float]) -> dict[i
     common = sorted(set(base) & set(other))
     b = _positive([base[r] for r in common], "trial medians")
     o = _positive([other[r] for r in common], "trial medians")
-    return {r: math.log(y / x) for r, x, y in zip(common, b, o)}
+    return {r: math.log(y / x) for r, x, y in zip(common, b, o, strict=True)}
 
 
 def paired_effect(base: Mapping[int, float], other: Mapping[int, float],
@@ -421,12 +410,11 @@ def paired_effect(base: Mapping[int, float], other: Mapping[int, float],
     """The effect other/base from the rounds in which both ran (round -> trial median); None with
     fewer than 2 such rounds.
 
-    The unit is a round's log ratio log(other/base), in which the drift shared by the round
-    cancels. Point: exp of the Hodges-Lehmann estimate (median of the Walsh averages), the centre
-    of symmetry that the interval covers, more efficient than the median for near-normal ratios and
-    as robust to an odd round. Interval: exp of the Walsh averages at the signed-rank ranks, which
-    is exact when the log ratios are independent and symmetric about the effect (not necessarily
-    identically distributed), as randomized order makes them (module docstring)."""
+    The unit is a round's log ratio log(other/base), in which the round's shared drift cancels.
+    Point: exp of the Hodges-Lehmann estimate (median of the Walsh averages), the centre of symmetry
+    that the interval covers; near-normal ratios give it more precision than the median, an odd
+    round moves it little. Interval: exp of the Walsh averages at the signed-rank ranks, exact for
+    independent log ratios symmetric about the effect, however they differ otherwise."""
     return _effect(list(_log_ratios(base, other).values()), confidence)
 
 
@@ -462,10 +450,9 @@ class ParameterEffect:
 
 
 def _describe(parameter: str, value: Hashable, context: Mapping[str, Hashable],
-              axes: Mapping[str, Sequence[Hashable]]) -> str:
+              axes: Mapping[str, Sequence[Hashable]]) -> str:  # "a=x for b=y, c=z"
     names = [a for a in axes if a in context] + sorted(k for k in context if k not in axes)
-    where = ", ".join(f"{k}={context[k]}" for k in names)
-    return f"{parameter}={value}" + (f" for {where}" if where else "")
+    return f"{parameter}={value}" + " for " * bool(names) + ", ".join(f"{k}={context[k]}" for k in names)
 
 
 def effects_by_parameter(cases: Sequence[EffectCase], axes: Mapping[str, Sequence[Hashable]],

@@ -50,12 +50,15 @@ def case(case_id: str, throughput: list[float] | None, rss: float = 500.0, statu
                         "step_time_ms": {"p50": float(np.median(steps)), "p95": float(np.percentile(steps, 95))},
                         "peak_rss_mb": rss, "threads": 2, "windows": max(windows, 1), "steps": max(windows, 1)},
             "samples": {"window_throughput": list(throughput), "step_time_ms": list(steps),
-                        "window_s": [1.0] * windows}}
+                        "window_s": [16 / t for t in throughput]},
+            # One window per trial: the trials are the throughputs given.
+            "trials": [{"round": i, "position": 0, "start_s": float(i), "median": t, "windows": [t]}
+                       for i, t in enumerate(throughput)]}
 
 
 def run(label: str, cases: list[dict[str, Any]], **env: Any) -> Run:
     doc = ResultsDoc.model_validate({
-        "schema_version": 1, "cases": cases, "environment": {**ENV, **env},
+        "schema_version": 2, "cases": cases, "environment": {**ENV, **env},
         "run": {"started": "2026-01-01T00:00:00+00:00", "finished": None, "status": "complete", "argv": []},
         "suite": {"name": "t", "path": "t.yaml", "source": {}}})
     return Run(path=Path(f"/runs/{label}/results.json"), label=label, doc=doc)
@@ -208,7 +211,7 @@ def test_compare_calls_too_few_samples_and_failed_cases_inconclusive() -> None:
                       case("ok", noisy(1000, seed=5))])
     rows = {r.case_id: r for r in compare_runs(base, new).rows}
     assert rows["few"].verdict == "inconclusive"
-    assert "too few throughput samples to test (3 in base, 3 in new; need 5)" in rows["few"].message
+    assert "too few throughput trials to test (3 in base, 3 in new; need 5)" in rows["few"].message
     assert rows["broken"].verdict == "inconclusive"
     assert rows["broken"].message == "Inconclusive: case 'broken' is failed in new: RuntimeError: boom"
     assert rows["ok"].verdict == "unchanged"

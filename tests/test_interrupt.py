@@ -21,18 +21,18 @@ defaults:
   model: mlp
   batch_size: 16
   threads: 1
-  measure: {warmup_steps: 1, min_time: 1.5, max_time: 2.0, target_ci: 0.0001, window_time: 0.02}
+  measure: {warmup_steps: 1, min_time: 1.5, max_time: 2.0, target_ci: 0.0001, trial_time: 0.2, window_time: 0.02}
   timeout: 60
 matrix:
   optimizer: [sgd, adam, adamw, rmsprop]
 """
 
 
-def finished_cases(results: Path) -> list[str]:
+def rounds_done(results: Path) -> int:
     try:
-        return [c["id"] for c in json.loads(results.read_text())["cases"]]
-    except (OSError, ValueError):
-        return []
+        return int((json.loads(results.read_text())["rounds"] or {}).get("completed", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -43,18 +43,18 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_run_saves_finished_cases_and_resume_completes_it(tmp_path: Path, sig: int) -> None:
+def test_a_signal_mid_round_saves_every_trial_and_resume_goes_on_with_the_rounds(tmp_path: Path, sig: int) -> None:
     suite = tmp_path / "suite.yaml"
     suite.write_text(textwrap.dedent(SUITE))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out", str(out), "--quiet"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out", str(out), "--quiet",
+                             "--order-seed", "7"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not finished_cases(out / "results.json") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert finished_cases(out / "results.json"), "no case finished in time"
+    while rounds_done(out / "results.json") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rounds_done(out / "results.json") >= 2, "no round finished in time"
     children = descendants(proc.pid)
-    assert children, "a case process should be running"
+    assert children, "case processes should be running"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 130
@@ -64,9 +64,11 @@ def test_a_signal_stops_the_run_saves_finished_cases_and_resume_completes_it(tmp
     assert alive == []
     doc = json.loads((out / "results.json").read_text())
     assert doc["run"]["status"] == "interrupted"
-    kept = [c["id"] for c in doc["cases"]]
-    assert 1 <= len(kept) < 4
-    assert all(c["status"] == "ok" for c in doc["cases"])
+    assert doc["rounds"]["seed"] == 7
+    before = {c["id"]: [t["median"] for t in c["trials"]] for c in doc["cases"]}
+    assert sorted(before) == ["adam", "adamw", "rmsprop", "sgd"]
+    assert all(len(trials) >= 2 for trials in before.values())
+    assert all(c["metrics"]["stop_reason"] is None for c in doc["cases"])  # none had finished
 
     resumed = subprocess.run([sys.executable, "-m", "bench", "run", "--resume", str(out), "--quiet"],
                              cwd=ROOT, capture_output=True, text=True, timeout=180)
@@ -74,8 +76,14 @@ def test_a_signal_stops_the_run_saves_finished_cases_and_resume_completes_it(tmp
     final = json.loads((out / "results.json").read_text())
     assert final["run"]["status"] == "complete"
     assert len(final["run"]["resumed"]) == 1
-    assert [c["id"] for c in final["cases"]][: len(kept)] == kept  # finished cases were not run again
-    assert sorted(c["id"] for c in final["cases"]) == sorted(["sgd", "adam", "adamw", "rmsprop"])
+    assert final["rounds"]["seed"] == 7 and final["rounds"]["completed"] > doc["rounds"]["completed"]
+    assert [c["id"] for c in final["cases"]] == ["sgd", "adam", "adamw", "rmsprop"]
+    for case in final["cases"]:
+        trials = [t["median"] for t in case["trials"]]
+        # The trials measured before the interruption are kept, and the rounds went on after them.
+        assert trials[: len(before[case["id"]])] == before[case["id"]]
+        assert len(trials) > len(before[case["id"]])
+        assert case["metrics"]["stop_reason"] in ("max_time", "target_ci")
 
 
 def test_resume_refuses_a_folder_without_results(tmp_path: Path) -> None:

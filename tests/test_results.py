@@ -32,7 +32,7 @@ def test_real_output_validates_against_the_shipped_schema(smoke_run: SmokeRun) -
     jsonschema.Draft202012Validator.check_schema(shipped)
     assert shipped == json_schema()
     assert list(jsonschema.Draft202012Validator(shipped).iter_errors(doc)) == []
-    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
     assert doc["suite"]["name"] == "smoke"
     assert doc["run"]["status"] == "complete"
     assert "--set" in doc["run"]["argv"] and "measure.max_time=0.3" in doc["run"]["overrides"]
@@ -128,8 +128,8 @@ BAD_FILES = [
     ("truncated", lambda s: json.dumps(s.doc, indent=1)[:500], "not valid JSON"),
     ("NaN", lambda s: json.dumps(s.doc).replace('"error": null', '"error": NaN', 1), "NaN is not valid JSON"),
     ("a list", lambda s: "[]", "not a bench results file (top level is not an object)"),
-    ("newer version", lambda s: _mutated(s, lambda d: d.update(schema_version=2)),
-     "schema_version: 2 is not supported (this bench reads version 1)"),
+    ("newer version", lambda s: _mutated(s, lambda d: d.update(schema_version=3)),
+     "schema_version: 3 is not supported (this bench reads versions 1, 2)"),
     ("no version", lambda s: _mutated(s, lambda d: d.pop("schema_version")), "schema_version: None is not supported"),
     ("no environment", lambda s: _mutated(s, lambda d: d.pop("environment")),
      "environment: required key is missing"),

@@ -16,7 +16,7 @@ import pytest
 
 from bench import runner
 from bench import suite as suite_mod
-from bench.records import CaseRecord, Environment, json_schema
+from bench.records import CaseRecord, json_schema
 from bench.results import ResultsWriter
 from bench.suite import Case, Suite
 
@@ -59,6 +59,9 @@ class Recorder:
     def case_finished(self, case: Case, record: CaseRecord) -> None:
         self.events.append(f"finish {case.id} {record.status}")
 
+    def trial_finished(self, case: Case, trials: int) -> None:
+        self.events.append(f"trial {case.id} {trials}")
+
     def after_case(self, writer: ResultsWriter) -> None:
         # What a reader sees on disk right after each case: a complete, valid document.
         self.snapshots.append(json.loads(writer.path.read_text(encoding="utf-8")))
@@ -90,16 +93,40 @@ def runner_run(tmp_path_factory: pytest.TempPathFactory) -> RunnerRun:
     return RunnerRun(s, outcome, recorder, pid_file, after)
 
 
-def test_every_case_runs_in_order_and_the_suite_goes_on_after_failures(runner_run: RunnerRun) -> None:
+def test_every_case_runs_and_the_suite_goes_on_after_failures(runner_run: RunnerRun) -> None:
     statuses = [(r.id.split("_")[0].split("-")[0], r.status) for r in runner_run.outcome.records]
     assert statuses == [("tiny", "ok"), ("raising", "failed"), ("raising", "failed"),
                         ("out", "failed"), ("killed", "failed"), ("sleeping", "failed"), ("tiny", "ok")]
     assert runner_run.outcome.failed == 5
-    assert runner_run.outcome.records[-1].params.model.num_classes == 5
+    assert runner_run.outcome.records[-1].params.model["num_classes"] == 5
     ids = [c.id for c in runner_run.suite.cases]
-    assert runner_run.recorder.events == ["suite runner"] + [
-        e for case_id, r in zip(ids, runner_run.outcome.records, strict=True)
-        for e in (f"start {case_id}", f"finish {case_id} {r.status}")]
+    events = runner_run.recorder.events
+    assert events[0] == "suite runner"
+    # Every case starts (in suite order: they are built before the rounds) and finishes once.
+    assert [e.split()[1] for e in events if e.startswith("start ")] == ids
+    for case_id, r in zip(ids, runner_run.outcome.records, strict=True):
+        assert events.count(f"finish {case_id} {r.status}") == 1
+        assert events.index(f"start {case_id}") < events.index(f"finish {case_id} {r.status}")
+
+
+def test_cases_take_turns_in_randomized_rounds_that_the_results_record(runner_run: RunnerRun) -> None:
+    doc = json.loads(runner_run.outcome.results_path.read_text(encoding="utf-8"))
+    rounds = doc["rounds"]
+    ok = [r.id for r in runner_run.outcome.records if r.status == "ok"]
+    assert rounds["completed"] == len(rounds["orders"]) >= 7  # min_rounds 6, plus the collector round
+    # The two cases that measure share every round, in an order that varies between rounds.
+    assert all(sorted(order) == sorted(ok) for order in rounds["orders"])
+    assert len({tuple(order) for order in rounds["orders"]}) == 2
+    for record in runner_run.outcome.records:
+        if record.status != "ok":
+            continue
+        assert record.trials is not None
+        assert [t.round for t in record.trials] == list(range(rounds["completed"]))
+        assert all(rounds["orders"][t.round][t.position] == record.id for t in record.trials)
+        assert record.metrics is not None and record.metrics.trials == len(record.trials)
+    # A case whose process died in a trial took no more turns.
+    raising = runner_run.outcome.records[1]
+    assert raising.trials is None and raising.id not in {i for order in rounds["orders"] for i in order}
 
 
 def test_a_good_case_is_ok_with_metrics(runner_run: RunnerRun) -> None:
@@ -174,7 +201,10 @@ def test_a_timed_out_case_leaves_no_process_behind(runner_run: RunnerRun) -> Non
 
 def test_results_are_rewritten_after_every_case_and_valid_each_time(runner_run: RunnerRun) -> None:
     snaps = runner_run.recorder.snapshots
-    assert [len(s["cases"]) for s in snaps] == list(range(1, 8))
+    # One snapshot as each case finished: by then that many cases are final in the file.
+    final_counts = [sum(c["status"] != "ok" or c["metrics"]["stop_reason"] is not None for c in s["cases"])
+                    for s in snaps]
+    assert final_counts == list(range(1, 8))
     validator = jsonschema.Draft202012Validator(json_schema())
     for snap in snaps:
         assert snap["run"]["status"] == "running"
@@ -211,35 +241,22 @@ matrix:
 """
 
 
-def test_repeats_pool_every_processs_windows_and_keep_each_processs_median(tmp_path: Path) -> None:
+def test_repeats_take_turns_between_processes_and_only_the_first_profiles(tmp_path: Path) -> None:
     path = tmp_path / "repeats.yaml"
     path.write_text(REPEATS_SUITE, encoding="utf-8")
     outcome = runner.run_suite(suite_mod.load(path), tmp_path / "out", argv=["bench", "run", str(path)])
     (record,) = outcome.records
     assert record.status == "ok", record.error
     metrics, samples = record.metrics, record.samples
+    assert metrics is not None and samples is not None and record.trials is not None
     assert metrics.repeats == 2
-    assert len(metrics.throughput.per_repeat) == 2
-    assert sorted(set(samples.window_repeat)) == [0, 1]
+    # Rounds alternate between the two processes, so the interval covers a process-level effect too;
+    # the collector round (the last) is the first process's.
+    assert [t.repeat for t in record.trials[:-1]] == [t.round % 2 for t in record.trials[:-1]]
+    assert record.trials[-1].repeat == 0
     assert metrics.windows == len(samples.window_s) == len(samples.window_throughput)
     # One process profiled, and the files on disk are the ones its record names.
+    assert record.collectors.torch_profiler is not None
     traces = record.collectors.torch_profiler.traces
     assert traces == [f"profiles/{record.id}/rank0.pt.trace.json.gz"]
     assert sorted(p.name for p in (tmp_path / "out" / "profiles").rglob("*") if p.is_file()) == ["rank0.pt.trace.json.gz"]
-
-
-def test_only_the_first_repeat_runs_the_profilers(tmp_path: Path) -> None:
-    path = tmp_path / "repeats.yaml"
-    path.write_text(REPEATS_SUITE.replace("repeats: 2", "repeats: 3"), encoding="utf-8")
-    (case,) = suite_mod.load(path).cases
-    seen: list[tuple[str, ...]] = []
-
-    class Launcher:
-        def run_case(self, case: Case, out_dir: Path | None, log_path: Path) -> dict[str, Any]:
-            seen.append(tuple(case.params.profile))
-            return {"status": "failed", "error": "not run"}
-
-    runner._run_one(Launcher(), case, tmp_path, tmp_path / "log", runner.Cluster(),
-                    Environment(python="3.11", torch=None, cpu_model=None, cores_logical=2, hostname="h",
-                                time="2026-01-01T00:00:00+00:00", gpus=[]))
-    assert seen == [("torch",), (), ()]
