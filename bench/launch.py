@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from bench.processes import kill_tree
 from bench.suite import Case
 
 
@@ -63,29 +62,6 @@ def skip_reason(case: Case, cluster: Cluster, cores: int, gpus: int) -> str | No
             return (f"ddp with {per_node} CPU rank(s) x {threads} thread(s) needs {per_node * threads} cores; "
                     f"this machine has {cores}")
     return None
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill torchrun's process group (it leads its own session, its ranks are in it) and any
-    descendant that left the group, then reap them."""
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for p in descendants:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(descendants, timeout=5)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 _PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "ProcessGroup", "NCCL communicator was aborted")
@@ -174,7 +150,13 @@ def run_ddp_case(case: Case, cluster: Cluster, work_dir: Path | None, log_path: 
         except subprocess.TimeoutExpired:
             code = None
         finally:
-            _kill_group(proc)
+            # torchrun leads its own session; its ranks are in its group, and any that left the
+            # group are still its descendants.
+            kill_tree(proc.pid, group=True)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
     return case_outcome(code, scratch, log_path, p.timeout)
 
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import psutil
-
 from bench import environment
 from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
 from bench.measure import step_time_summary, thin, throughput_summary
+from bench.processes import kill_tree
 from bench.results import ResultsWriter, now, prepare_output
 from bench.scaling import analyze
 from bench.suite import Case, Suite
@@ -50,21 +49,6 @@ class _Silent:
 
     def case_finished(self, case: Case, record: dict[str, Any]) -> None:
         pass
-
-
-def kill_tree(pid: int, timeout: float = 5.0) -> None:
-    """Kill a process and every descendant (DataLoader workers, DDP ranks), then reap them."""
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=timeout)
 
 
 def signal_name(exitcode: int) -> str:
