@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
+
 from bench import environment
 from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
@@ -51,6 +53,20 @@ class _Silent:
         pass
 
 
+def _forkserver_of(pid: int | None) -> psutil.Process | None:
+    """The forkserver that forked ``pid``: its parent, which is this process's own child (None
+    when ``pid`` is gone already or was not forked by a server of ours)."""
+    if pid is None:
+        return None
+    try:
+        parent = psutil.Process(pid).parent()
+        if parent is None or parent.pid == os.getpid() or parent.ppid() != os.getpid():
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    return parent
+
+
 def signal_name(exitcode: int) -> str:
     try:
         return signal.Signals(-exitcode).name
@@ -64,6 +80,8 @@ class CaseLauncher:
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["bench.preload"])
+        # multiprocessing has no public handle on its server; it is the parent of what it forks.
+        self._server: psutil.Process | None = None
 
     def _call(self, target: Callable[..., None], args: tuple[Any, ...], timeout: float
               ) -> tuple[Any | None, str | None]:
@@ -76,6 +94,7 @@ class CaseLauncher:
         try:
             proc.start()
             sender.close()
+            self._server = _forkserver_of(proc.pid) or self._server
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -127,6 +146,30 @@ class CaseLauncher:
 
         message, _ = self._call(worker_entry.probe_main, (), 120)
         return message if isinstance(message, dict) else None
+
+    def close(self) -> None:
+        """Stop the forkserver. It would exit on its own once this process ends; stopping it here
+        means a finished or interrupted run leaves no running process behind (nor the memory of
+        a process that imported torch) while the caller goes on.
+
+        It is killed: asked politely, it would run torch's interpreter teardown (about 0.9 s here),
+        and it holds nothing worth a teardown, only a template to fork from. It is left unreaped,
+        for multiprocessing to reap: before it starts a server for the next suite it calls
+        ``os.waitpid`` on the one it remembers, which raises ChildProcessError if another caller
+        reaped it. So this waits for its end with WNOWAIT, which leaves it waitable; until then
+        it is a zombie, which holds no memory. It is this process's unreaped child, so its pid
+        cannot name another process meanwhile."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            server.kill()  # psutil checks that the pid still names the process it found
+        except psutil.NoSuchProcess:
+            return
+        try:
+            os.waitid(os.P_PID, server.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
 
 
 @dataclass
@@ -283,34 +326,9 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
         raise Interrupted(f"interrupted: {len(outcome.records)} of {len(suite.cases)} cases finished "
                           f"and saved in {writer.path}; continue with: bench run --resume {out_dir}") from None
     finally:
-        _stop_forkserver()
+        launcher.close()
     writer.finish("complete", {"scaling": analyze(outcome.records)})
     return outcome
-
-
-def _stop_forkserver() -> None:
-    """The forkserver would exit on its own once this process ends; stopping it here means a
-    finished or interrupted run leaves no process behind even while the caller goes on.
-
-    It is killed first: asked politely, it runs torch's interpreter teardown (about 0.9 s here)
-    while this process waits, and it holds nothing worth a teardown, only a template to fork from.
-    Its pid is our unreaped child until ``_stop`` waits for it, so the signal cannot reach another
-    process."""
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    pid = getattr(server, "_forkserver_pid", None)  # CPython's own (private) state and shutdown
-    if pid is not None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    stop = getattr(server, "_stop", None)
-    if stop is not None:
-        try:
-            stop()
-        except OSError:
-            pass
 
 
 def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:
