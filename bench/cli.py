@@ -24,10 +24,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _suite_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", help="suite YAML file")
+def _set_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter in every case, e.g. --set batch_size=32 --set measure.max_time=2")
+
+
+def _suite_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="suite YAML file")
+    _set_arg(p)
 
 
 def _plotlyjs_arg(p: argparse.ArgumentParser) -> None:
@@ -44,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every case of a suite, each in its own process, in randomized rounds of "
                                    "short trials (every round gives each case one trial, in a fresh random order).")
     p.add_argument("suite", nargs="?", help="suite YAML file (with --resume: defaults to the interrupted run's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter in every case, e.g. --set batch_size=32 --set measure.max_time=2")
+    _set_arg(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--out", type=Path, help="output folder (default: a new folder under reports/)")
     target.add_argument("--resume", type=Path, metavar="DIR",
@@ -70,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the expanded case ids of a suite (nothing is run), or with "
                                    "--components the names of every model, optimizer, activation, loss and transform.")
     p.add_argument("suite", nargs="?", help="suite YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter in every case")
+    _set_arg(p)
     p.add_argument("--only", metavar="PATTERN", help="list only cases whose id matches")
     p.add_argument("--components", action="store_true", help="list the registered building blocks")
     p.set_defaults(func=cmd_list)

@@ -1,12 +1,13 @@
 """Registries of the small building blocks: optimizers, activations, losses and data transforms.
 
-Each entry knows its name and the keyword arguments it accepts without importing torch, so a suite
-is validated (and `bench list --components` answers) in milliseconds; the torch objects are made
-only inside a worker process by the ``build_*`` functions.
+Each entry knows its name and the keyword arguments it accepts (an optimizer's with their types)
+without importing torch, so a suite is validated (and `bench list --components` answers) in
+milliseconds; the torch objects are made only inside a worker process by the ``build_*`` functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,33 +20,41 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class OptimizerSpec:
     torch_class: str
-    kwargs: frozenset[str]
+    # Every keyword argument of the torch constructor but ``params`` and ``lr`` (a case parameter),
+    # with the type a suite may give it: plain Python types, so a suite is checked without torch.
+    # torch also takes tensors for some of them, which YAML cannot write. A test compares this
+    # table with torch's own signatures, so it cannot drift from the pinned release.
+    kwargs: Mapping[str, Any]
     # Short names used in case ids, e.g. momentum 0.9 -> "m0.9".
     abbrev: tuple[tuple[str, str], ...] = ()
 
 
-_COMMON = {"weight_decay", "foreach", "maximize", "differentiable"}
+_COMMON: dict[str, Any] = {"weight_decay": float, "foreach": bool | None, "maximize": bool, "differentiable": bool}
+_ADAM_KW: dict[str, Any] = {**_COMMON, "betas": tuple[float, float], "eps": float, "amsgrad": bool,
+                            "capturable": bool, "fused": bool | None}
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
 OPTIMIZERS.add(
     "sgd",
-    OptimizerSpec("SGD", frozenset(_COMMON | {"momentum", "dampening", "nesterov", "fused"}),
+    OptimizerSpec("SGD", {**_COMMON, "momentum": float, "dampening": float, "nesterov": bool, "fused": bool | None},
                   (("momentum", "m"), ("nesterov", "nag"), ("weight_decay", "wd"), ("dampening", "d"))),
     "stochastic gradient descent (momentum, nesterov, weight_decay, dampening)",
 )
-_ADAM_KW = frozenset(_COMMON | {"betas", "eps", "amsgrad", "capturable", "fused"})
 _ADAM_AB = (("betas", "b"), ("eps", "eps"), ("weight_decay", "wd"), ("amsgrad", "ams"))
-OPTIMIZERS.add("adam", OptimizerSpec("Adam", _ADAM_KW, _ADAM_AB), "Adam (betas, eps, weight_decay, amsgrad)")
+OPTIMIZERS.add("adam", OptimizerSpec("Adam", {**_ADAM_KW, "decoupled_weight_decay": bool}, _ADAM_AB),
+               "Adam (betas, eps, weight_decay, amsgrad)")
 OPTIMIZERS.add("adamw", OptimizerSpec("AdamW", _ADAM_KW, _ADAM_AB), "AdamW, decoupled weight decay")
 OPTIMIZERS.add(
     "rmsprop",
-    OptimizerSpec("RMSprop", frozenset(_COMMON | {"alpha", "eps", "momentum", "centered", "capturable"}),
+    OptimizerSpec("RMSprop", {**_COMMON, "alpha": float, "eps": float, "momentum": float, "centered": bool,
+                              "capturable": bool},
                   (("alpha", "a"), ("momentum", "m"), ("centered", "c"), ("weight_decay", "wd"))),
     "RMSprop (alpha, eps, momentum, centered, weight_decay)",
 )
 OPTIMIZERS.add(
     "adagrad",
-    OptimizerSpec("Adagrad", frozenset(_COMMON | {"lr_decay", "initial_accumulator_value", "eps", "fused"}),
+    OptimizerSpec("Adagrad", {**_COMMON, "lr_decay": float, "initial_accumulator_value": float, "eps": float,
+                              "fused": bool | None},
                   (("lr_decay", "lrd"), ("weight_decay", "wd"))),
     "Adagrad (lr_decay, weight_decay, initial_accumulator_value, eps)",
 )

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench import userpath
+from bench.processes import kill_tree
 from bench.suite import Case
 
 
@@ -66,22 +65,9 @@ def skip_reason(case: Case, cluster: Cluster, cores: int, gpus: int) -> str | No
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill torchrun's process group (it leads its own session, its ranks are in it) and any
-    descendant that left the group, then reap them."""
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for p in descendants:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(descendants, timeout=5)
+    """End a torchrun job: it leads its own session, its ranks are in its group, and any that left
+    the group are still its descendants; then reap it."""
+    kill_tree(proc.pid, group=True)
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:

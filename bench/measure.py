@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # How many raw per-step times a case keeps for its distribution plot. Percentiles are computed
 # from all steps before thinning; the cap keeps results files small for fast models.
@@ -80,14 +81,22 @@ def relative_half_width(values: Sequence[float]) -> float:
     return (hi - lo) / 2 / m
 
 
-@dataclass
-class MeasureSettings:
-    warmup_steps: int
-    min_time: float
-    max_time: float
-    target_ci: float
-    window_time: float
-    min_windows: int
+class MeasureSettings(Protocol):
+    """What ``measure`` reads of a case's settings: a suite's ``MeasureConfig`` as it is, without
+    this module importing pydantic or the suite (read-only, so a frozen model fits)."""
+
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def min_time(self) -> float: ...
+    @property
+    def max_time(self) -> float: ...
+    @property
+    def target_ci(self) -> float: ...
+    @property
+    def window_time(self) -> float: ...
+    @property
+    def min_windows(self) -> int: ...
 
 
 @dataclass

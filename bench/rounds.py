@@ -121,7 +121,7 @@ class CaseState:
 def start_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path) -> Worker:
     """A forked case process serving trials (``bench.session.serve_process``)."""
     from bench import worker_entry
-    from bench.runner import kill_tree
+    from bench.processes import kill_tree
 
     parent, child = launcher.ctx.Pipe(duplex=True)
     payload = {"id": case.id, "params": case.params_json(), "out_dir": str(out_dir) if out_dir else None}

@@ -29,6 +29,7 @@ from bench import trials as trial_stats
 from bench.effects import effects
 from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
+from bench.processes import kill_tree
 from bench.records import CaseRecord, EffectRecord, Environment, ResultsDoc, RoundsInfo, SuiteInfo, finite
 from bench.results import ResultsWriter, describe_validation, now, prepare_output
 from bench.rounds import (
@@ -73,19 +74,18 @@ class _Silent:
         pass
 
 
-def kill_tree(pid: int, timeout: float = 5.0) -> None:
-    """Kill a process and every descendant (DataLoader workers, DDP ranks), then reap them."""
+def _forkserver_of(pid: int | None) -> psutil.Process | None:
+    """The forkserver that forked ``pid``: its parent, which is this process's own child (None
+    when ``pid`` is gone already or was not forked by a server of ours)."""
+    if pid is None:
+        return None
     try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
+        parent = psutil.Process(pid).parent()
+        if parent is None or parent.pid == os.getpid() or parent.ppid() != os.getpid():
+            return None
     except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=timeout)
+        return None
+    return parent
 
 
 def signal_name(exitcode: int) -> str:
@@ -101,6 +101,8 @@ class CaseLauncher:
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["bench.preload"])
+        # multiprocessing has no public handle on its server; it is the parent of what it forks.
+        self._server: psutil.Process | None = None
 
     def _call(self, target: Callable[..., None], args: tuple[Any, ...], timeout: float
               ) -> tuple[Any | None, str | None]:
@@ -116,6 +118,7 @@ class CaseLauncher:
             with userpath.safe_path_environ():
                 proc.start()
             sender.close()
+            self._server = _forkserver_of(proc.pid) or self._server
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -167,6 +170,30 @@ class CaseLauncher:
 
         message, _ = self._call(worker_entry.probe_main, (), 120)
         return message if isinstance(message, dict) else None
+
+    def close(self) -> None:
+        """Stop the forkserver. It would exit on its own once this process ends; stopping it here
+        means a finished or interrupted run leaves no running process behind (nor the memory of
+        a process that imported torch) while the caller goes on.
+
+        It is killed: asked politely, it would run torch's interpreter teardown (about 0.9 s here),
+        and it holds nothing worth a teardown, only a template to fork from. It is left unreaped,
+        for multiprocessing to reap: before it starts a server for the next suite it calls
+        ``os.waitpid`` on the one it remembers, which raises ChildProcessError if another caller
+        reaped it. So this waits for its end with WNOWAIT, which leaves it waitable; until then
+        it is a zombie, which holds no memory. It is this process's unreaped child, so its pid
+        cannot name another process meanwhile."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            server.kill()  # psutil checks that the pid still names the process it found
+        except psutil.NoSuchProcess:
+            return
+        try:
+            os.waitid(os.P_PID, server.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
 
 
 @dataclass
@@ -350,7 +377,7 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     finally:
         for state in states:
             rounds_mod.stop_workers(state)
-        _stop_forkserver()
+        launcher.close()
     order = {c.id: i for i, c in enumerate(suite.cases)}
     writer.doc.cases.sort(key=lambda c: order.get(c.id, len(order)))
     writer.finish("complete", analyze(writer.doc.cases), effects(writer.doc.cases))
@@ -411,31 +438,6 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
             shutil.rmtree(out_dir / "ranks" / state.case.id, ignore_errors=True)
         state.closed = True
         close(state)
-
-
-def _stop_forkserver() -> None:
-    """The forkserver would exit on its own once this process ends; stopping it here means a
-    finished or interrupted run leaves no process behind even while the caller goes on.
-
-    It is killed first: asked politely, it runs torch's interpreter teardown (about 0.9 s here)
-    while this process waits, and it holds nothing worth a teardown, only a template to fork from.
-    Its pid is our unreaped child until ``_stop`` waits for it, so the signal cannot reach another
-    process."""
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    pid = getattr(server, "_forkserver_pid", None)  # CPython's own (private) state and shutdown
-    if pid is not None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    stop = getattr(server, "_stop", None)
-    if stop is not None:
-        try:
-            stop()
-        except OSError:
-            pass
 
 
 def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:

@@ -10,13 +10,15 @@ and the key path. Nothing here imports torch.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import json
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -26,10 +28,15 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    StrictBool,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from bench.collectors.config import ProfilerConfig, Profiles
 from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
@@ -136,21 +143,58 @@ class _Named(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+def _strict(annotation: Any) -> Any:
+    """The pydantic type of a plain Python type in the optimizer table: a float is a ``Number``
+    (finite, never a boolean), a boolean is strict (YAML's ``1`` is not ``true``)."""
+    if annotation is float:
+        return Number
+    if annotation is bool:
+        return StrictBool
+    args = tuple(_strict(a) for a in get_args(annotation))
+    if get_origin(annotation) is tuple:
+        return tuple[args]  # type: ignore[valid-type]
+    if args:  # a union, such as bool | None
+        return functools.reduce(operator.or_, args)
+    return annotation
+
+
+@functools.cache
+def _options_model(name: str) -> type[BaseModel]:
+    """The options of one optimizer as a model, made from the torch-free table on first use (a
+    suite pays only for the optimizers it names): a suite's options are checked, and numbers
+    written as strings (YAML 1.1 reads `1e-4` as one) converted, before any process starts."""
+    spec = OPTIMIZERS.get(name)
+    fields: dict[str, Any] = {key: (_strict(kind), None) for key, kind in spec.kwargs.items()}
+    return create_model(f"{spec.torch_class}Options", __config__=_STRICT, **fields)
+
+
+def _option_error(key: str, value: Any, message: str) -> ValidationError:
+    """An error located at the option's own key, like the type errors of ``_options_model``."""
+    error = PydanticCustomError("optimizer_option", message)
+    return ValidationError.from_exception_data("options", [{"type": error, "loc": (key,), "input": value}])
+
+
 class OptimizerConfig(_Named):
     """An optimizer by name with its keyword arguments (``{name: sgd, momentum: 0.9}``)."""
 
     name: Annotated[str, _in(OPTIMIZERS)]
 
-    @model_validator(mode="after")
-    def _check(self) -> OptimizerConfig:
-        allowed = OPTIMIZERS.get(self.name).kwargs
-        for key in self.kwargs:
-            if key not in allowed:
-                raise ValueError(f"unknown option {key!r} for optimizer {self.name!r} "
-                                 f"(choose from: {', '.join(sorted(allowed))})")
+    @field_validator("kwargs")
+    @classmethod
+    def _check_kwargs(cls, kwargs: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name is None:
+            return kwargs  # the unknown name is the error to report
+        allowed = OPTIMIZERS.get(name).kwargs
+        for key, value in kwargs.items():
             if key == "lr":
-                raise ValueError("set the learning rate with the case parameter 'lr'")
-        return self
+                raise _option_error(key, value, "set the learning rate with the case parameter 'lr'")
+            if key not in allowed:
+                raise _option_error(key, value, f"unknown option {key!r} for optimizer {name!r} "
+                                                f"(choose from: {', '.join(sorted(allowed))})")
+        # A ValidationError raised in a validator keeps its location: `kwargs.momentum` here.
+        checked = _options_model(name).model_validate(kwargs).model_dump(exclude_unset=True)
+        return {key: checked[key] for key in kwargs}  # in the order the suite gives them
 
     @property
     def label(self) -> str:
@@ -438,7 +482,8 @@ def _message(err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key"
     if err["type"] == "missing":
-        return "required key is missing"
+        # A short list (`betas: [0.9]`) misses a position, not a key.
+        return "required item is missing" if err["loc"] and isinstance(err["loc"][-1], int) else "required key is missing"
     return msg
 
 
@@ -457,19 +502,27 @@ def _validate_field(source: str, path: str, key: str, value: Any) -> Any:
         raise SuiteError(source, _loc(path, _user_loc(value, err["loc"])), _message(err)) from None
 
 
-def _user_loc(value: Any, loc: Sequence[Any]) -> Sequence[Any]:
-    """Drop the ``name`` that the shorthand ``"sgd"`` -> ``{name: "sgd"}`` added, so the key path
-    points at what the user wrote (``matrix.optimizer[1]``, not ``matrix.optimizer[1].name``)."""
-    if not loc or loc[-1] != "name":
-        return loc
+def _user_loc(value: Any, loc: Sequence[Any]) -> list[Any]:
+    """The key path as the user wrote it, undoing the two shorthands of ``_named``: ``"sgd"`` for
+    ``{name: "sgd"}`` (``matrix.optimizer[1]``, not ``matrix.optimizer[1].name``), and options
+    beside the name, which it moved into ``kwargs`` (``matrix.optimizer[1].momentum``, not
+    ``matrix.optimizer[1].kwargs.momentum``)."""
+    path: list[Any] = []
     node = value
-    for part in loc[:-1]:
+    for i, part in enumerate(loc):
+        if part == "name" and isinstance(node, str):
+            continue
+        if part == "kwargs" and isinstance(node, Mapping):
+            key = loc[i + 1] if i + 1 < len(loc) else None
+            if "kwargs" not in node or (key is not None and key in node):
+                continue  # the option was written beside the name
+        path.append(part)
         # Locations pydantic adds (validator names) are not in the user's value: skip them.
         inside = (isinstance(node, Mapping) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and part < len(node))
         if inside:
             node = node[part]
-    return loc[:-1] if isinstance(node, str) else loc
+    return path
 
 
 def _canonical(key: str, value: Any) -> str:

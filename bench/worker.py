@@ -19,7 +19,7 @@ from bench.collectors import CaseContext, make_collectors
 from bench.components import build_loss, build_optimizer
 from bench.data import make_batches
 from bench.environment import available_cores
-from bench.measure import MeasureSettings, measure, summarize, thin
+from bench.measure import measure, summarize, thin
 from bench.models import build_model
 from bench.suite import CaseParams
 
@@ -160,7 +160,6 @@ def measure_case(params: CaseParams, device: torch.device, payload: dict[str, An
     step, model = build_step(params, device, batch, wrap)
     build_s = time.perf_counter() - t0
     m = params.measure
-    settings = MeasureSettings(m.warmup_steps, m.min_time, m.max_time, m.target_ci, m.window_time, m.min_windows)
     ctx = CaseContext(params=params, device=device, out_dir=payload.get("out_dir"), case_id=payload.get("id", ""),
                       rank=rank, step=step, model=model, batch=batch)
     if agree is not None:
@@ -171,10 +170,10 @@ def measure_case(params: CaseParams, device: torch.device, payload: dict[str, An
     kwargs: dict[str, Any] = {"agree": agree} if agree is not None else {}
     with collectors:
         if device.type == "cuda":
-            result = measure(step, settings, samples_per_step, sync=lambda: torch.cuda.synchronize(device),
+            result = measure(step, m, samples_per_step, sync=lambda: torch.cuda.synchronize(device),
                              step_times=False, **kwargs)
         else:
-            result = measure(step, settings, samples_per_step, **kwargs)
+            result = measure(step, m, samples_per_step, **kwargs)
     # Read device memory peaks now: the collectors' extra steps after this are not the measured region.
     cuda_peaks = ((torch.cuda.max_memory_allocated(device) / 2**20, torch.cuda.max_memory_reserved(device) / 2**20)
                   if device.type == "cuda" else None)

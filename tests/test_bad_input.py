@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import Result, bench
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,12 +27,7 @@ RESULTS = json.loads((BAD / "results" / "expected.json").read_text())
 GOOD_RESULTS = ROOT / "tests" / "data" / "good_results.json"
 
 
-def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], path: str, expected: str) -> None:
+def assert_one_line_error(result: Result, path: str, expected: str) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()

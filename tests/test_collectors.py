@@ -25,8 +25,8 @@ from bench.collectors.memory import MemoryCollector
 from bench.collectors.pyspy import PySpyCollector, find_pyspy
 from bench.collectors.torch_profiler import TorchProfilerCollector
 from bench.errors import SuiteError
-from bench.measure import Measurement, MeasureSettings, measure
-from bench.suite import CaseParams, load
+from bench.measure import Measurement, measure
+from bench.suite import CaseParams, MeasureConfig, load
 
 
 def _params(**overrides: Any) -> CaseParams:
@@ -105,8 +105,8 @@ def test_a_collector_that_raises_records_its_error_and_the_measurement_goes_on(w
     ctx = _ctx()
     broken, healthy = Raising(ctx, where), Counting(ctx)
     collectors = CollectorSet([broken, healthy])
-    settings = MeasureSettings(warmup_steps=1, min_time=0.01, max_time=0.05, target_ci=0.5, window_time=0.002,
-                               min_windows=3)
+    settings = MeasureConfig(warmup_steps=1, min_time=0.01, max_time=0.05, target_ci=0.5, window_time=0.002,
+                             min_windows=3)
     with collectors:
         result = measure(lambda: None, settings, 1)
     collectors.after()

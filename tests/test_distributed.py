@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import bench
 
 from bench.launch import Cluster, skip_reason
 from bench.scaling import analyze
@@ -20,11 +21,6 @@ from bench.suite import load
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "measure.max_time=0.6", "--set", "measure.min_time=0.2", "--set", "measure.warmup_steps=2",
         "--set", "measure.window_time=0.02"]
-
-
-def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def write_suite(tmp_path: Path, body: str) -> Path:
@@ -46,7 +42,7 @@ def leftover_ranks(since: float) -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def scaling_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("scaling")
-    result = bench("run", "suites/scaling.yaml", "--only", "mlp-*", "--out", str(out), "--quiet", *TINY)
+    result = bench("run", "suites/scaling.yaml", "--only", "mlp-*", "--out", str(out), "--quiet", *TINY, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads((out / "results.json").read_text())
 
@@ -159,7 +155,7 @@ def test_a_failing_rank_fails_its_case_with_its_error_and_leaves_no_process(
     started = time.time()
     suite = write_suite(tmp_path, FAULT_SUITE.format(action=action, timeout=20))
     out = tmp_path / "out"
-    result = bench("run", str(suite), "--out", str(out), "--quiet")
+    result = bench("run", str(suite), "--out", str(out), "--quiet", timeout=300)
     assert result.returncode == 1, result.stderr
     cases = {c["params"]["seed"]: c for c in json.loads((out / "results.json").read_text())["cases"]}
     bad, good = cases[1], cases[2]
@@ -177,7 +173,7 @@ def test_two_nodes_on_loopback_produce_one_result_with_world_size_two(tmp_path: 
     node1 = subprocess.Popen([sys.executable, "-m", "bench", *common, "--node-rank", "1",
                               "--out", str(tmp_path / "node1")],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    node0 = bench(*common, "--node-rank", "0", "--out", str(tmp_path / "node0"))
+    node0 = bench(*common, "--node-rank", "0", "--out", str(tmp_path / "node0"), timeout=300)
     out1, err1 = node1.communicate(timeout=120)
     assert node0.returncode == 0, node0.stderr
     assert node1.returncode == 0, err1

@@ -22,6 +22,7 @@ from bench.measure import (
     summarize,
     thin,
 )
+from bench.suite import MeasureConfig
 
 # Binary fractions keep the fake clock's sums exact.
 STEP = 1 / 64
@@ -48,11 +49,12 @@ class FakeClock:
         self.events.append("sync")
 
 
-def settings(**kw: float) -> MeasureSettings:
+def settings(**kw: float) -> MeasureConfig:
+    # The suite's own settings type: measure() takes it as it is.
     base = {"warmup_steps": 5, "min_time": 1.0, "max_time": 10.0, "target_ci": 0.01, "window_time": 0.125,
             "min_windows": 10}
     base.update(kw)
-    return MeasureSettings(**base)  # type: ignore[arg-type]
+    return MeasureConfig.model_validate(base)
 
 
 def run(clock: FakeClock, s: MeasureSettings, batch_size: int = 32, **kw: object) -> Measurement:

@@ -3,6 +3,10 @@ names are refused with the list of choices."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import operator
+import typing
 from typing import Any
 
 import pytest
@@ -67,6 +71,38 @@ def test_optimizer_options_are_passed_through_to_torch() -> None:
     assert (group["momentum"], group["nesterov"], group["weight_decay"], group["lr"]) == (0.9, True, 1e-4, 0.05)
     adam = build_optimizer("adam", {"betas": [0.8, 0.9]}, model.parameters(), 0.01)
     assert adam.param_groups[0]["betas"] == (0.8, 0.9)
+
+
+def _as_a_suite_writes_it(hint: Any) -> Any:
+    """torch's annotation without its tensor forms, which YAML cannot write: what the optimizer
+    table in bench.components should say."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return tuple[tuple(_as_a_suite_writes_it(a) for a in args)]
+    if args:  # a union
+        return functools.reduce(operator.or_, [_as_a_suite_writes_it(a) for a in args if a is not torch.Tensor])
+    return hint
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_the_optimizer_table_names_every_keyword_of_torchs_constructor_with_its_type(name: str) -> None:
+    # Suites are checked against this torch-free table, so it must follow the pinned torch release.
+    cls = getattr(torch.optim, OPTIMIZERS.get(name).torch_class)
+    hints = typing.get_type_hints(cls.__init__)
+    keywords = [k for k in inspect.signature(cls).parameters if k not in ("params", "lr")]
+    assert dict(OPTIMIZERS.get(name).kwargs) == {k: _as_a_suite_writes_it(hints[k]) for k in keywords}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_option_at_torchs_default_passes_validation_and_builds(name: str) -> None:
+    cls = getattr(torch.optim, OPTIMIZERS.get(name).torch_class)
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if k not in ("params", "lr")}
+    p = params(optimizer={"name": name, "kwargs": defaults})
+    assert p.optimizer.kwargs == defaults
+    model = build_model("mlp", None, {"hidden": 8}, "relu", 10)
+    optimizer = build_optimizer(name, p.optimizer.kwargs, model.parameters(), 0.01)
+    assert isinstance(optimizer, cls)
+    assert {k: optimizer.defaults[k] for k in defaults} == defaults
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS.names())

@@ -210,10 +210,16 @@ def test_a_reader_never_sees_a_partial_results_file(smoke_run: SmokeRun, tmp_pat
     writer = ResultsWriter(tmp_path, suite=SUITE, environment=_environment(smoke_run), run={"argv": []})
     stop = threading.Event()
     seen: list[int] = []
+    failed: list[Exception] = []
 
     def read() -> None:
         while not stop.is_set():
-            seen.append(len(json.loads(writer.path.read_text(encoding="utf-8"))["cases"]))
+            # An exception would end this thread quietly, and the test would pass on the reads
+            # made before it: keep it for the assertion instead.
+            try:
+                seen.append(len(json.loads(writer.path.read_text(encoding="utf-8"))["cases"]))
+            except Exception as exc:
+                failed.append(exc)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -223,7 +229,9 @@ def test_a_reader_never_sees_a_partial_results_file(smoke_run: SmokeRun, tmp_pat
     finally:
         stop.set()
         reader.join()
-    assert seen and seen == sorted(seen)
+    assert failed == []
+    assert len(set(seen)) > 1, "the reader never read while the writer wrote"
+    assert seen == sorted(seen)
     assert len(json.loads(writer.path.read_text(encoding="utf-8"))["cases"]) == 100
 
 

@@ -193,6 +193,41 @@ def test_set_can_add_an_optimizer_option_through_its_name() -> None:
     assert {c.params.optimizer.label for c in s.cases} == {"sgd_m0.5"}
 
 
+def test_optimizer_options_are_checked_against_their_types_and_numbers_in_strings_are_converted(
+        write_suite: Any) -> None:
+    # YAML 1.1 reads `1e-4` (no dot) as a string; torch would fail on it when the case runs.
+    path = write_suite("""
+name: x
+defaults: {model: mlp}
+matrix:
+  optimizer: [{name: sgd, weight_decay: 1e-4, nesterov: true, momentum: 1}, {name: adam, betas: [0.8, 0.9]}]
+""")
+    kwargs = [c.params.optimizer.kwargs for c in suite_mod.load(path).cases]
+    assert kwargs == [{"weight_decay": 1e-4, "nesterov": True, "momentum": 1.0}, {"betas": (0.8, 0.9)}]
+    assert isinstance(kwargs[0]["weight_decay"], float)
+
+
+@pytest.mark.parametrize(("option", "where", "message"), [
+    ("{name: sgd, momentum: fast}", "matrix.optimizer[0].momentum", "Input should be a valid number"),
+    ("{name: sgd, kwargs: {momentum: fast}}", "matrix.optimizer[0].kwargs.momentum", "Input should be a valid number"),
+    ("{name: sgd, momentum: true}", "matrix.optimizer[0].momentum", "Input should be a number, not a boolean"),
+    ("{name: sgd, momentum: .nan}", "matrix.optimizer[0].momentum", "Input should be a finite number"),
+    ("{name: sgd, nesterov: 1}", "matrix.optimizer[0].nesterov", "Input should be a valid boolean"),
+    ("{name: adam, betas: [0.9]}", "matrix.optimizer[0].betas[1]", "required item is missing"),
+    ("{name: adam, lr: 0.1}", "matrix.optimizer[0].lr", "set the learning rate with the case parameter 'lr'"),
+    ("{name: adamw, decoupled_weight_decay: true}", "matrix.optimizer[0].decoupled_weight_decay",
+     "unknown option 'decoupled_weight_decay' for optimizer 'adamw' (choose from: amsgrad, betas, capturable, "
+     "differentiable, eps, foreach, fused, maximize, weight_decay)"),
+])
+def test_an_optimizer_option_of_the_wrong_type_or_name_is_refused_at_its_key(
+        write_suite: Any, option: str, where: str, message: str) -> None:
+    path = write_suite(f"name: x\ndefaults: {{model: mlp}}\nmatrix:\n  optimizer: [{option}]\n")
+    with pytest.raises(SuiteError) as info:
+        suite_mod.load(path)
+    assert info.value.path == where
+    assert info.value.message.startswith(message), info.value.message
+
+
 @pytest.mark.parametrize(("override", "where", "message"), [
     ("colour=red", "--set colour", "unknown parameter 'colour' (choose from: model, optimizer"),
     ("batch_size=abc", "--set batch_size", "valid integer"),
@@ -202,6 +237,8 @@ def test_set_can_add_an_optimizer_option_through_its_name() -> None:
     ("measure.max_time.x=1", "--set measure.max_time.x", "'max_time' is not a mapping"),
     ("batch_size.x=1", "--set batch_size", "is not a mapping (int), so it has no key 'x'"),
     ("nokey", "--set nokey", "expected key=value"),
+    ("optimizer.momentum=fast", "--set optimizer.momentum", "valid number"),
+    ("optimizer.warp=1", "--set optimizer.warp", "unknown option 'warp' for optimizer 'sgd'"),
 ])
 def test_a_bad_override_names_the_set_option_and_the_key(override: str, where: str, message: str) -> None:
     with pytest.raises(SuiteError) as info:
@@ -370,7 +407,7 @@ BAD_CASES = [
     ("unknown_loss", "defaults.loss", "unknown loss 'hinge' (choose from: cross_entropy, mse)"),
     ("unknown_transform", "matrix.data[0].transforms[1]",
      "unknown transform 'RandomTwist' (choose from: CenterCrop, ColorJitter,"),
-    ("unknown_optimizer_option", "matrix.optimizer[1]",
+    ("unknown_optimizer_option", "matrix.optimizer[1].warp",
      "unknown option 'warp' for optimizer 'sgd' (choose from: dampening, differentiable, foreach, fused, "
      "maximize, momentum, nesterov, weight_decay)"),
     ("empty_matrix", "matrix", "is empty"),
