@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 #   1  first version.
 #      Additions within 1 (optional keys; readers of 1 ignore them): collectors.nvml.per_device
 #      and summary.devices (telemetry of every GPU of a case); ranks[].files and
-#      ranks[].collector_errors (ddp).
+#      ranks[].collector_errors (ddp); collectors.flops.forward_flops and backward_flops (a count
+#      whose backward/forward ratio or MFU is impossible is now null with an error, where earlier
+#      files may hold it).
 # A key removed or changing meaning needs a new version, and readers refuse versions they do not know.
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.json"
