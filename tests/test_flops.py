@@ -147,10 +147,14 @@ def _ctx(model: dict[str, Any] | str = "mlp", **overrides: Any) -> CaseContext:
                        model=module, batch=4)
 
 
-def _measured(ctx: CaseContext, throughput: float) -> None:
+def _record(ctx: CaseContext, throughput: float) -> dict[str, Any]:
+    """The FLOPs collector's record of a case whose every window ran at ``throughput`` samples/s."""
+    collector = FlopsCollector(ctx)
+    collector.after()
     seconds = ctx.samples_per_step / throughput
     ctx.measurement = Measurement(batch_size=ctx.samples_per_step, steps_per_window=1,
                                   window_start=[0.0, seconds, 2 * seconds], window_seconds=[seconds] * 3)
+    return collector.record()
 
 
 def test_a_backward_count_far_above_forward_is_the_collectors_error_naming_the_operator(
@@ -159,10 +163,7 @@ def test_a_backward_count_far_above_forward_is_the_collectors_error_naming_the_o
     monkeypatch.setattr(flops_mod, "_flop_fixes",
                         lambda: {torch.ops.aten.convolution_backward: lambda *a, **k: 10**12})
     ctx = _ctx({"import": "usermodels:separable", "input_shape": [3, 8, 8]}, peak_flops=1e15)
-    collector = FlopsCollector(ctx)
-    collector.after()
-    _measured(ctx, 100.0)
-    record = collector.record()
+    record = _record(ctx, 100.0)
     assert record["error"].startswith("the FLOP count is implausible: backward is ")
     assert "outside 1 to 3 (aten.convolution_backward has 100% of the backward FLOPs)" in record["error"]
     assert all(record[k] is None for k in FlopsCollector.fields)
@@ -170,10 +171,7 @@ def test_a_backward_count_far_above_forward_is_the_collectors_error_naming_the_o
 
 def test_an_mfu_above_one_is_the_collectors_error_never_a_figure() -> None:
     ctx = _ctx(peak_flops=1e3)  # an absurdly low peak: any real step beats it
-    collector = FlopsCollector(ctx)
-    collector.after()
-    _measured(ctx, 1000.0)
-    record = collector.record()
+    record = _record(ctx, 1000.0)
     assert record["error"].startswith("MFU of ")
     assert "is impossible (above 1): the FLOP count (aten." in record["error"]
     assert "or the peak (1e+03 FLOP/s, suite: peak_flops) is wrong" in record["error"]
@@ -182,10 +180,7 @@ def test_an_mfu_above_one_is_the_collectors_error_never_a_figure() -> None:
 
 def test_a_sane_count_records_its_forward_and_backward_flops() -> None:
     ctx = _ctx({"import": "usermodels:separable", "input_shape": [3, 8, 8]}, peak_flops=1e15)
-    collector = FlopsCollector(ctx)
-    collector.after()
-    _measured(ctx, 100.0)
-    record = collector.record()
+    record = _record(ctx, 100.0)
     assert record["error"] is None
     assert record["flops_per_step"] == record["forward_flops"] + record["backward_flops"]
     assert 1 <= record["backward_flops"] / record["forward_flops"] <= 3
