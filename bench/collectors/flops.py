@@ -8,7 +8,7 @@ also counts matrix products only). Each counted operator is a multiply-add count
 its dense shapes: padding, masks and causal attention are counted as if dense, so the count is an
 upper bound of the useful work of those operators, not a measurement.
 
-torch's table is wrong or silent for some operators; ``FLOP_FIXES`` below corrects them through
+torch's table is wrong or silent for some operators; ``_flop_fixes`` below corrects them through
 ``FlopCounterMode``'s ``custom_mapping`` and keeps torch's formula everywhere else. The step is
 counted per phase (forward, backward), and a count whose backward/forward ratio or MFU is
 impossible is recorded as the collector's error rather than as a figure.
