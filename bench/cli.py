@@ -11,9 +11,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, UsageError
+
+if TYPE_CHECKING:
+    from bench.suite import Suite
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -133,7 +136,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     suite = suite_mod.load(args.suite, args.overrides)
     print(f"{args.suite}: ok, suite {suite.name!r} expands to {len(suite.cases)} case(s)")
+    _print_notes(suite)
     return EXIT_OK
+
+
+def _print_notes(suite: Suite) -> None:
+    """Notes about case ids (a suffix that made one unique) go to stderr, so `bench list`'s
+    output stays one id per line."""
+    for case in suite.cases:
+        if case.note:
+            print(f"bench: note: {case.id}: {case.note}", file=sys.stderr)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -157,6 +169,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     suite = suite_mod.load(args.suite, args.overrides).select(args.only)
     for case in suite.cases:
         print(case.id)
+    _print_notes(suite)
     return EXIT_OK
 
 

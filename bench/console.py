@@ -47,6 +47,9 @@ class ProgressObserver:
         self.task = self.progress.add_task(f"suite {suite.name}", total=len(suite.cases))
         if self.enabled:
             self.progress.console.print(f"running {len(suite.cases)} case(s) of {suite.name!r} into {out_dir}")
+            for case in suite.cases:
+                if case.note:
+                    self.progress.console.print(f"note: {case.id}: {case.note}", markup=False, highlight=False)
 
     def case_started(self, case: Case) -> None:
         self.progress.update(self.task, description=f"[bold]{escape(case.id)}[/] starting")

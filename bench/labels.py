@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bench import ids
+
 
 def fmt_value(value: Any) -> str:
     if value is None:
@@ -27,30 +29,29 @@ def _canonical(value: Any) -> str:
 
 def axis_labels(values: list[Any]) -> list[str]:
     """Short labels for one parameter across cases. A configuration object (model, optimizer,
-    data) is named by its ``name`` (or ``import``) plus only the fields that differ between cases,
-    so ``{name: sgd, kwargs: {momentum: 0.9}}`` reads ``sgd momentum=0.9`` next to plain ``sgd``."""
+    data) is named by its ``label`` where the suite gives one, else as case ids name it (by the
+    rule of ``bench.ids``): its ``name`` (or ``import``) and only the options that differ between
+    values of that name, so ``{name: sgd, kwargs: {momentum: 0.9}}`` reads ``sgd momentum=0.9``
+    next to plain ``sgd``."""
     unique: dict[str, Any] = {}
     for v in values:
         unique.setdefault(_canonical(v), v)
-    objects = list(unique.values())
-    if not all(isinstance(v, dict) for v in objects):
+    if not all(isinstance(v, dict) for v in unique.values()):
         by_key = {c: fmt_value(v) for c, v in unique.items()}
     else:
-        fields: list[str] = []
-        for obj in objects:
-            fields.extend(k for k in obj if k not in fields)
-        differing = [k for k in fields if len({_canonical(o.get(k)) for o in objects}) > 1]
-        by_key = {}
-        for c, obj in unique.items():
-            head = obj.get("name") or obj.get("import")
-            parts = [str(head)] if head else []
-            for k in differing:
-                v = obj.get(k)
-                if k in ("name", "import") or v in (None, {}, []):
-                    continue
-                if k == "kwargs" and isinstance(v, dict):
-                    parts.extend(f"{kk}={fmt_value(vv)}" for kk, vv in v.items())
-                else:
-                    parts.append(f"{k}={fmt_value(v)}")
-            by_key[c] = " ".join(parts) or "default"
+        texts = ids.mapping_labels([_id_parts(obj) for obj in unique.values()], tidy=str)
+        by_key = {c: text or "default" for c, text in zip(unique, texts, strict=True)}
     return [by_key[_canonical(v)] for v in values]
+
+
+def _id_parts(obj: dict[str, Any]) -> ids.IdParts:
+    """A configuration as a results file stores it, with its ``kwargs`` as options of their own."""
+    head = str(obj.get("name") or obj.get("import") or "")
+    facets: list[ids.Facet] = []
+    for key, value in obj.items():
+        if key in ("name", "import", "label"):
+            continue
+        options = value.items() if key == "kwargs" and isinstance(value, dict) else [(key, value)]
+        facets.extend(ids.facet(k, v, f"{k}={fmt_value(v)}", " ") for k, v in options if v not in (None, {}, []))
+    label = obj.get("label")
+    return ids.IdParts(head, head, tuple(facets), str(label) if label else None)

@@ -201,11 +201,17 @@ class PyspyRecord(CollectorRecord):
 
 
 class FlopsRecord(CollectorRecord):
+    """FLOPs of one training step (torch's FlopCounterMode with bench's corrections) and the rate
+    achieved while measuring; all null, with ``error`` naming the operator, when the count is
+    impossible (backward/forward outside 1-3, or MFU above 1)."""
+
     flops_per_step: int | None = Field(default=None, ge=0)
+    forward_flops: int | None = Field(default=None, ge=0, description="Forward (and loss) FLOPs per step.")
+    backward_flops: int | None = Field(default=None, ge=0, description="Backward FLOPs per step.")
     flops_per_sample: NonNeg | None = None
     achieved_flops: NonNeg | None = None
     peak_flops: NonNeg | None = None
-    mfu: NonNeg | None = None
+    mfu: NonNeg | None = Field(default=None, description="Model FLOPs utilisation; older files may hold values above 1.")
 
 
 class MemoryRecord(CollectorRecord):

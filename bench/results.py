@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 #   1  first version.
 #      Additions within 1 (optional keys; readers of 1 ignore them): collectors.nvml.per_device
 #      and summary.devices (telemetry of every GPU of a case); ranks[].files and
-#      ranks[].collector_errors (ddp). From here on the records are typed (bench/records.py) and
-#      the JSON Schema is generated from them; the format itself did not change.
+#      ranks[].collector_errors (ddp); collectors.flops.forward_flops and backward_flops (a count
+#      whose backward/forward ratio or MFU is impossible is now null with an error, where earlier
+#      files may hold it). From here on the records are typed (bench/records.py) and the JSON
+#      Schema is generated from them; the format itself did not change.
 #   2  cases are measured in randomized rounds of trials: cases[].trials, samples.window_trial,
 #      top-level rounds and effects; metrics.throughput.median is the median of trial medians and
 #      ci95 its interval over trials (in 1, the median of one stretch's windows and an interval

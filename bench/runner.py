@@ -230,7 +230,7 @@ def _raw_record(case: Case, started: str, duration: float, result: dict[str, Any
         "status": result.get("status", "failed"),
         "error": result.get("error"),
         "traceback": result.get("traceback"),
-        "warnings": list(result.get("warnings") or []),
+        "warnings": [*([case.note] if case.note else []), *(result.get("warnings") or [])],
         "started": started,
         "duration_s": duration,
         "device": result.get("device"),

@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import operator
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bench import ids
 from bench.collectors.config import ProfilerConfig, Profiles
 from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
 from bench.errors import SuiteError
@@ -62,7 +64,7 @@ def _named(value: Any) -> Any:
     if isinstance(value, str):
         return {"name": value}
     if isinstance(value, Mapping) and "name" in value:
-        fixed = {"name", "import", "kwargs", "input_shape", "num_classes"}
+        fixed = {"name", "import", "kwargs", "input_shape", "num_classes", "label"}
         inline = {k: v for k, v in value.items() if k not in fixed}
         if inline:
             out = {k: v for k, v in value.items() if k in fixed}
@@ -86,6 +88,21 @@ def _no_bool(value: Any) -> Any:
 # strict instead.)
 Number = Annotated[FiniteFloat, BeforeValidator(_no_bool)]
 
+# "-" separates the parts of a case id, so a label, one part, has none.
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,]{0,63}")
+
+
+def _check_label(value: str) -> str:
+    if not _LABEL.fullmatch(value):
+        raise ValueError(f"label {value!r} must be 1 to 64 letters, digits and . _ + = , (starting with a "
+                         "letter or digit): it becomes part of case ids")
+    return value
+
+
+# A name for a model, optimizer or data value in case ids and the report, in place of the one
+# derived from its options. It is never passed to the model's factory or the optimizer.
+Label = Annotated[str, Field(strict=True), AfterValidator(_check_label)]
+
 
 class ModelConfig(BaseModel):
     """A built-in model by name, a torchvision constructor (``torchvision:resnet18``), or a user's
@@ -99,6 +116,7 @@ class ModelConfig(BaseModel):
     input_shape: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
         default=None, min_length=1, description="shape of one sample, without the batch dimension")
     num_classes: int = Field(strict=True, default=10, gt=0, description="size of the output layer")
+    label: Label | None = Field(default=None, description="names the model in case ids and the report")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -129,12 +147,19 @@ class ModelConfig(BaseModel):
             return TORCHVISION_INPUT
         return MODELS.get(self.name or "").input_shape
 
-    @property
-    def label(self) -> str:
+    def id_parts(self) -> ids.IdParts:
+        """Named by its factory (``create_model`` of ``timm:create_model``) or its name without
+        ``torchvision:``; told apart by its keyword arguments, input shape and class count."""
         if self.import_path is not None:
-            return self.import_path.partition(":")[2]
-        assert self.name is not None
-        return self.name.removeprefix(TORCHVISION_PREFIX)
+            group, head = self.import_path, self.import_path.partition(":")[2]
+        else:
+            assert self.name is not None
+            group, head = self.name, self.name.removeprefix(TORCHVISION_PREFIX)
+        facets = [ids.facet(k, v) for k, v in sorted(self.kwargs.items())]
+        if self.input_shape is not None:
+            facets.append(ids.facet("input_shape", list(self.input_shape)))
+        facets.append(ids.facet("num_classes", self.num_classes))
+        return ids.IdParts(head, group, tuple(facets), self.label)
 
 
 class _Named(BaseModel):
@@ -178,6 +203,7 @@ class OptimizerConfig(_Named):
     """An optimizer by name with its keyword arguments (``{name: sgd, momentum: 0.9}``)."""
 
     name: Annotated[str, _in(OPTIMIZERS)]
+    label: Label | None = Field(default=None, description="names the optimizer in case ids and the report")
 
     @field_validator("kwargs")
     @classmethod
@@ -196,11 +222,13 @@ class OptimizerConfig(_Named):
         checked = _options_model(name).model_validate(kwargs).model_dump(exclude_unset=True)
         return {key: checked[key] for key in kwargs}  # in the order the suite gives them
 
-    @property
-    def label(self) -> str:
+    def id_parts(self) -> ids.IdParts:
+        """Named by its name; an option with a short form reads as ids always have (``sgd_m0.9``),
+        any other as ``key=value``."""
         abbrev = dict(OPTIMIZERS.get(self.name).abbrev)
-        parts = [self.name] + [abbrev.get(k, k) + _fmt(v) for k, v in sorted(self.kwargs.items())]
-        return "_".join(parts)
+        facets = tuple(ids.facet(k, v, abbrev[k] + ids.short(v), "_") if k in abbrev else ids.facet(k, v)
+                       for k, v in sorted(self.kwargs.items()))
+        return ids.IdParts(self.name, self.name, facets, self.label)
 
 
 class TransformConfig(_Named):
@@ -219,6 +247,7 @@ class DataConfig(BaseModel):
     pin_memory: bool = False
     persistent_workers: bool = True
     prefetch_factor: int | None = Field(strict=True, default=None, gt=0)
+    label: Label | None = Field(default=None, description="names the data in case ids and the report")
 
     @model_validator(mode="before")
     @classmethod
@@ -231,14 +260,21 @@ class DataConfig(BaseModel):
             raise ValueError("transforms and num_workers apply to data 'loader' only")
         return self
 
-    @property
-    def label(self) -> str:
+    def id_parts(self) -> ids.IdParts:
+        """``syn``, or a loader named by what makes its pipeline (``loader_w2_RandomCrop_pin``:
+        workers, transforms, pinned memory) and told apart by its other options."""
         if self.name == "synthetic":
-            return "syn"
-        parts = ["loader", f"w{self.num_workers}"] + [t.name for t in self.transforms]
-        if self.pin_memory:
-            parts.append("pin")
-        return "_".join(parts)
+            return ids.IdParts("syn", "syn", (), self.label)
+        head = "_".join(["loader", f"w{self.num_workers}", *(t.name for t in self.transforms),
+                         *(["pin"] if self.pin_memory else [])])
+        transforms = [t.model_dump(mode="json") for t in self.transforms]
+        # Their names are in the head already; this tells apart loaders whose transforms differ
+        # in options only.
+        text = "+".join(t.name + "".join(f".{k}={ids.fmt(v)}" for k, v in sorted(t.kwargs.items()))
+                        for t in self.transforms)
+        facets = (ids.facet("size", self.size), ids.facet("persistent_workers", self.persistent_workers),
+                  ids.facet("prefetch_factor", self.prefetch_factor), ids.facet("transforms", transforms, text))
+        return ids.IdParts(head, head, facets, self.label)
 
 
 class MeasureConfig(BaseModel):
@@ -379,6 +415,7 @@ def check_case(params: CaseParams) -> None:
 class Case:
     id: str
     params: CaseParams
+    note: str | None = None  # why the id has a suffix, where it needed one to be unique
 
     def params_json(self) -> dict[str, Any]:
         return dump_params(self.params)
@@ -404,6 +441,10 @@ class Suite:
 
 def dump_params(params: CaseParams) -> dict[str, Any]:
     dumped: dict[str, Any] = params.model_dump(mode="json", by_alias=True)
+    # An unset label is left out, so the params of a case without one read as they always have.
+    for key in ("model", "optimizer", "data"):
+        if dumped[key].get("label", "") is None:
+            del dumped[key]["label"]
     return dumped
 
 
@@ -709,14 +750,30 @@ def _build_cases(source: str, defaults: dict[str, Any], combos: list[dict[str, A
             continue  # an include that repeats an existing combination
         seen.add(key)
         params_list.append(params)
-    ids = case_ids(params_list, canon)
-    for case_id, params in zip(ids, params_list, strict=True):
+    _check_labels(source, params_list, canon)
+    named = case_ids(params_list, canon)
+    for (case_id, _), params in zip(named, params_list, strict=True):
         try:
             check_case(params)
         except ValueError as exc:
             # The case id names the combination; the message names the parameter.
             raise SuiteError(source, f"case {case_id}", str(exc)) from None
-    return [Case(i, p) for i, p in zip(ids, params_list, strict=True)]
+    return [Case(i, p, note) for (i, note), p in zip(named, params_list, strict=True)]
+
+
+def _check_labels(source: str, params_list: Sequence[CaseParams], canon: Callable[[str, Any], str]) -> None:
+    """A label names one value: the same label on two different values would make one id for
+    two cases."""
+    for key in ("model", "optimizer", "data"):
+        seen: dict[str, str] = {}
+        for p in params_list:
+            value = getattr(p, key)
+            if value.label is None:
+                continue
+            c = canon(key, value)
+            if seen.setdefault(value.label, c) != c:
+                raise SuiteError(source, f"{key}.label", f"{value.label!r} names two different {key} values; "
+                                                         "give each its own label")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -726,61 +783,47 @@ _ID_PREFIX = {"world_size": "ws", "batch_size": "bs", "lr": "lr", "threads": "t"
               "timeout": "to"}
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "" if value else "0"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(_fmt(v) for v in value)
-    if isinstance(value, dict):
-        return "_".join(f"{k}{_fmt(v)}" for k, v in sorted(value.items()))
-    return str(value)
+def _id_parts(key: str, value: BaseModel) -> ids.IdParts:
+    """A named configuration describes itself; any other (``measure``, ``profiler``) is an unnamed
+    mapping whose fields read ``measure.max_time=2``."""
+    describe = getattr(value, "id_parts", None)
+    if describe is not None:
+        parts: ids.IdParts = describe()
+        return parts
+    fields = value.model_dump(mode="json")
+    return ids.IdParts("", "", tuple(ids.facet(k, v, f"{key}.{k}={ids.fmt(v)}") for k, v in fields.items()))
 
 
-def _label(key: str, value: Any) -> str:
-    label = getattr(value, "label", None)
-    if isinstance(label, str):
-        if key == "model" and value.kwargs:
-            label += "_" + _fmt(value.kwargs)
-        return label
-    if key in _ID_PREFIX:
-        return _ID_PREFIX[key] + _fmt(value)
-    if isinstance(value, BaseModel):
-        dumped = value.model_dump(mode="json", exclude_defaults=True)
-        return key + ("_" + _fmt(dumped) if dumped else "")
+def _scalar_label(key: str, value: Any) -> str:
     if value is None or value == ():
-        return ""  # an unset option (the default) adds nothing to the id
-    return _fmt(value)
+        return ""  # unset (the default applies): nothing to show
+    if isinstance(value, bool):
+        return key if value else f"no_{key}"
+    if key in _ID_PREFIX:
+        return _ID_PREFIX[key] + ids.short(value)
+    return ids.short(value)
 
 
-def _clean(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "._,=+" else "_" for c in label)
-
-
-def case_ids(params_list: Sequence[CaseParams], canon: Callable[[str, Any], str] | None = None) -> list[str]:
-    """Readable ids from the parameters that vary across the suite, in a fixed order; a suffix
-    keeps them unique where two labels happen to coincide."""
+def case_ids(params_list: Sequence[CaseParams],
+             canon: Callable[[str, Any], str] | None = None) -> list[tuple[str, str | None]]:
+    """Each case's id and, where a suffix made it unique, a note saying so (see ``bench.ids``)."""
     if not params_list:
         return []
     canon = canon or _CanonicalCache()
     varying = [k for k in FIELD_ORDER
                if len({canon(k, getattr(p, k)) for p in params_list}) > 1]
-    if not varying:
-        varying = ["model"]
     labels: dict[tuple[str, str], str] = {}
-
-    def label(k: str, value: Any) -> str:
-        c = canon(k, value)
-        if (k, c) not in labels:
-            labels[(k, c)] = _clean(_label(k, value))
-        return labels[(k, c)]
-
-    ids: list[str] = []
-    used: dict[str, int] = {}
+    # The model's labels are made even where it does not vary: a case whose varying parameters
+    # all add nothing (unset values) is named after its model, as is a suite of one case.
+    for key in varying if "model" in varying else [*varying, "model"]:
+        distinct = {canon(key, getattr(p, key)): getattr(p, key) for p in params_list}
+        if all(isinstance(v, BaseModel) for v in distinct.values()):
+            texts = ids.mapping_labels([_id_parts(key, v) for v in distinct.values()])
+        else:
+            texts = [ids.clean(_scalar_label(key, v)) for v in distinct.values()]
+        labels.update(zip(((key, c) for c in distinct), texts, strict=True))
+    bases = []
     for p in params_list:
-        base = "-".join(part for k in varying if (part := label(k, getattr(p, k)))) or "case"
-        n = used.get(base, 0) + 1
-        used[base] = n
-        ids.append(base if n == 1 else f"{base}-{n}")
-    return ids
+        parts = [labels[(k, canon(k, getattr(p, k)))] for k in varying]
+        bases.append("-".join(part for part in parts if part) or labels[("model", canon("model", p.model))])
+    return ids.unique(bases)

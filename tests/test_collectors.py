@@ -190,14 +190,15 @@ def test_collector_options_validate_in_the_library_as_suite_errors(write_suite: 
 
 def test_flop_count_of_an_mlp_training_step_matches_the_analytic_formula() -> None:
     ctx = _ctx(model={"name": "mlp", "hidden": [64, 32]}, batch_size=8)
-    flops, by_op = count_step_flops(ctx.step)
+    assert ctx.step is not None
+    counted = count_step_flops(ctx.step)
     batch, layers = 8, [(784, 64), (64, 32), (32, 10)]
     forward = sum(2 * batch * i * o for i, o in layers)
     # Backward: every layer's weight gradient costs as much as its forward product, and every
     # layer but the first also computes the gradient of its input (the data needs none).
     backward = forward + sum(2 * batch * i * o for i, o in layers[1:])
-    assert flops == forward + backward
-    assert by_op == {"aten.addmm": forward, "aten.mm": backward}
+    assert (counted.total, counted.forward, counted.backward) == (forward + backward, forward, backward)
+    assert counted.by_op == {"aten.addmm": forward, "aten.mm": backward}
 
 
 def test_flops_collector_computes_achieved_flops_and_mfu_from_the_suites_peak() -> None:

@@ -2,16 +2,28 @@
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts at the dispatcher, so one untimed step after
 measurement (forward, backward and optimizer) gives the FLOPs of the operators it has formulas
-for: matrix products, convolutions, attention. Elementwise work (activations, the optimizer's
-update) is not counted, which is the usual convention for MFU (the PaLM paper's 6N rule also
-counts matrix products only). Achieved FLOP/s is FLOPs per sample times the measured median
-throughput, and MFU divides it by the device's peak: the suite's ``peak_flops`` if given (any
-device, CPU included), else the table below for known GPUs.
+for: matrix products, convolutions, attention. Elementwise work (activations, normalisation, the
+optimizer's update) is not counted, which is the usual convention for MFU (the PaLM paper's 6N rule
+also counts matrix products only). Each counted operator is a multiply-add counted as 2 FLOPs over
+its dense shapes: padding, masks and causal attention are counted as if dense, so the count is an
+upper bound of the useful work of those operators, not a measurement.
+
+torch's table is wrong or silent for some operators; ``_flop_fixes`` below corrects them through
+``FlopCounterMode``'s ``custom_mapping`` and keeps torch's formula everywhere else. The step is
+counted per phase (forward, backward), and a count whose backward/forward ratio or MFU is
+impossible is recorded as the collector's error rather than as a figure.
+
+Achieved FLOP/s is FLOPs per sample times the measured median throughput, and MFU divides it by
+the device's peak: the suite's ``peak_flops`` if given (any device, CPU included), else the table
+below for known GPUs.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bench.collectors import CaseContext, Collector
@@ -69,14 +81,132 @@ def compute_dtype(model: Any) -> str:
     return name
 
 
-def count_step_flops(step: Any) -> tuple[int, dict[str, int]]:
-    """FLOPs of one call of ``step``, in total and per operator."""
-    from torch.utils.flop_counter import FlopCounterMode
+# ---------------------------------------------------------------------------------------------
+# Counting
 
-    with FlopCounterMode(display=False) as counter:
+# A training step's backward pass costs between one and three times its forward pass in the
+# operators counted here: a layer with weights computes its weight gradient (as much as its
+# forward product) and, unless its input is the data, its input gradient (as much again); fused
+# attention recomputes its scores (2.5 times its forward); activation checkpointing re-runs the
+# forward inside backward (3 times for linear layers; a model made mostly of checkpointed attention
+# could reach 3.5 and be refused). A ratio outside this band means a formula is wrong (torch's
+# grouped-convolution backward gave about 28 for MobileNetV3) or missing, so the count is not
+# reported.
+BACKWARD_RATIO_BAND = (1.0, 3.0)
+
+
+def _conv_flops(x_shape: Sequence[int], w_shape: Sequence[int], out_shape: Sequence[int],
+                transposed: bool) -> int:
+    """Multiply-adds of a convolution, 2 FLOPs each: every spatial position the kernel is applied
+    at (the output's; a transposed convolution's input's), for every sample, times the weight's
+    size. The weight is ``(C_out, C_in / groups, *kernel)`` (transposed: ``(C_in, C_out / groups,
+    *kernel)``), so groups, depthwise included, are counted by its shape."""
+    positions = math.prod((x_shape if transposed else out_shape)[2:])
+    return 2 * x_shape[0] * positions * math.prod(w_shape)
+
+
+def _conv_backward_flops(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         bias_sizes: Any, stride: Any, padding: Any, dilation: Any, transposed: bool,
+                         output_padding: Any, groups: int, output_mask: Sequence[bool], **kwargs: Any) -> int:
+    """``aten.convolution_backward``: each product ``x[i] * w[j]`` of the forward pass appears once
+    in the input gradient (``grad_out[k] * w[j]``) and once in the weight gradient (``grad_out[k] *
+    x[i]``), so each gradient asked for (``output_mask``) costs what the forward did; the bias
+    gradient is a sum and not counted. torch 2.14 counts the weight gradient as if ``groups`` were
+    1: 64 times too much for a 64-channel depthwise convolution."""
+    forward = _conv_flops(x.shape, weight.shape, grad_output.shape, transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _flop_fixes() -> dict[Any, Callable[..., int]]:
+    """Formulas for the operators torch's table gets wrong or lacks, keyed like it, taking the
+    operator's own arguments (torch's ``get_raw``)."""
+    import torch
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    return {
+        aten.convolution_backward: _conv_backward_flops,
+        # A CPU runs scaled_dot_product_attention as its own fused kernel, which torch's table does
+        # not list (so attention counted 0 on a CPU). Its arguments start like those of the CUDA
+        # flash kernel, (query, key, value) forward and (grad_out, query, key, value) backward, so
+        # torch's own formulas for that kernel apply.
+        aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[aten._scaled_dot_product_flash_attention],
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            flop_registry[aten._scaled_dot_product_flash_attention_backward],
+    }
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of one training step, in total, per operator and per phase."""
+
+    by_op: dict[str, int]
+    forward: int
+    backward: int
+    backward_by_op: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_op.values())
+
+    @property
+    def backward_ratio(self) -> float | None:
+        return self.backward / self.forward if self.forward else None
+
+    def largest(self, by_op: Mapping[str, int]) -> tuple[str, float]:
+        """The operator with the most FLOPs in ``by_op`` and its share of them."""
+        op = max(by_op, key=lambda k: (by_op[k], k))
+        return op, by_op[op] / (sum(by_op.values()) or 1)
+
+
+def count_step_flops(step: Callable[[], None]) -> StepFlops:
+    """FLOPs of one call of ``step``, per operator and per phase: an operator that runs inside the
+    autograd engine (``ModuleTracker.is_bw``) belongs to the backward pass, anything else (the
+    forward, the loss, the optimizer) to the forward."""
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+    from torch.utils.module_tracker import ModuleTracker
+
+    phase = ModuleTracker()  # only its is_bw is read; it is never entered
+    backward: dict[str, int] = {}
+    forward: dict[str, int] = {}
+
+    def phased(op: Any, formula: Callable[..., int]) -> Callable[..., int]:
+        def count(*args: Any, **kwargs: Any) -> int:
+            n = int(formula(*args, **kwargs))
+            tally = backward if phase.is_bw else forward
+            tally[str(op)] = tally.get(str(op), 0) + n
+            return n
+
+        # The formulas in torch's table are already wrapped for their arguments, and ours take
+        # the raw ones: either way FlopCounterMode must not wrap them again.
+        count._get_raw = True  # type: ignore[attr-defined]
+        return count
+
+    table = {**flop_registry, **_flop_fixes()}
+    with FlopCounterMode(display=False, custom_mapping={op: phased(op, f) for op, f in table.items()}) as counter:
         step()
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return int(counter.get_total_flops()), by_op
+    return StepFlops(by_op=by_op, forward=sum(forward.values()), backward=sum(backward.values()),
+                     backward_by_op=backward)
+
+
+def implausible(flops: StepFlops, all_trainable: bool) -> str | None:
+    """Why a step's count cannot be right, or None. Below the band is only impossible when every
+    parameter is trained: frozen layers compute no weight gradient."""
+    ratio = flops.backward_ratio
+    if ratio is None:
+        if not flops.backward:
+            return None
+        op, share = flops.largest(flops.backward_by_op)
+        return (f"the FLOP count is implausible: {flops.backward} FLOPs of backward and none of forward "
+                f"({op} has {share:.0%} of the backward FLOPs)")
+    low, high = BACKWARD_RATIO_BAND
+    if ratio > high or (ratio < low and all_trainable):
+        phase = "backward" if flops.backward_by_op else "forward"
+        op, share = flops.largest(flops.backward_by_op or flops.by_op)
+        return (f"the FLOP count is implausible: backward is {ratio:.2f} times forward, outside {low:g} "
+                f"to {high:g} ({op} has {share:.0%} of the {phase} FLOPs)")
+    return None
 
 
 def device_name(device: torch.device) -> str:
@@ -90,12 +220,11 @@ def device_name(device: torch.device) -> str:
 class FlopsCollector(Collector):
     name = "flops"
     fields = ("flops_per_step", "flops_per_sample", "achieved_flops", "peak_flops", "mfu", "peak_source",
-              "dtype", "devices", "by_op")
+              "dtype", "devices", "by_op", "forward_flops", "backward_flops")
 
     def __init__(self, ctx: CaseContext) -> None:
         super().__init__(ctx)
-        self.flops: int | None = None
-        self.by_op: dict[str, int] = {}
+        self.flops: StepFlops | None = None
 
     def after(self) -> None:
         if self.ctx.params.mode == "dp":
@@ -103,14 +232,21 @@ class FlopsCollector(Collector):
             return self.fail("FLOPs are not counted under DataParallel (its replicas run in other threads)")
         if self.ctx.step is None:
             return self.fail("no training step to count")
-        self.flops, self.by_op = count_step_flops(self.ctx.step)
+        flops = count_step_flops(self.ctx.step)
+        model = self.ctx.model
+        all_trainable = model is not None and all(p.requires_grad for p in model.parameters())
+        reason = implausible(flops, all_trainable)
+        if reason is not None:
+            return self.fail(reason)
+        self.flops = flops
 
     def result(self) -> dict[str, Any]:
         from bench.measure import median
 
         assert self.flops is not None
         ctx = self.ctx
-        per_sample = self.flops / ctx.samples_per_step
+        total = self.flops.total
+        per_sample = total / ctx.samples_per_step
         m = ctx.measurement
         achieved = per_sample * median(m.window_throughput) if m and m.window_seconds else None
         dtype = compute_dtype(ctx.model) if ctx.model is not None else "float32"
@@ -124,6 +260,13 @@ class FlopsCollector(Collector):
             peak, source = peak_from_table(device_name(ctx.device), dtype)
         total_peak = peak * devices if peak is not None else None
         mfu = achieved / total_peak if achieved is not None and total_peak else None
-        return {"flops_per_step": self.flops, "flops_per_sample": per_sample, "achieved_flops": achieved,
+        if mfu is not None and mfu > 1:
+            # No device beats its peak: either a formula counts too much or the peak is too low.
+            op, share = self.flops.largest(self.flops.by_op)
+            self.fail(f"MFU of {mfu:.2f} is impossible (above 1): the FLOP count ({op} has {share:.0%} of it) "
+                      f"or the peak ({total_peak:.3g} FLOP/s, {source}) is wrong")
+            return {}
+        return {"flops_per_step": total, "flops_per_sample": per_sample, "achieved_flops": achieved,
                 "peak_flops": total_peak, "mfu": mfu, "peak_source": source, "dtype": dtype,
-                "devices": devices, "by_op": self.by_op}
+                "devices": devices, "by_op": self.flops.by_op, "forward_flops": self.flops.forward,
+                "backward_flops": self.flops.backward}

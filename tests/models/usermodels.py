@@ -65,3 +65,15 @@ def sleeping(pid_file: str, num_classes: int = 10) -> nn.Module:
     child = subprocess.Popen(["sleep", "600"])
     Path(pid_file).write_text(f"{os.getpid()} {child.pid}\n", encoding="utf-8")
     return _Tiny(num_classes, fail="sleep")
+
+
+def separable(num_classes: int = 10) -> nn.Module:
+    """A depthwise-separable network for 3x8x8 inputs (MobileNet's building block): a 3x3
+    convolution 3 -> 16, a depthwise 3x3 convolution (16 groups), a pointwise 1x1 convolution
+    16 -> 32 and a linear layer 32*8*8 -> num_classes, ReLU between them."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+        nn.Conv2d(16, 32, 1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 8 * 8, num_classes),
+    )
