@@ -1,6 +1,7 @@
-"""Timing logic: warm up, then time steps in windows until the throughput's confidence interval is
-tight enough. Pure Python with an injectable clock, so the stopping rule is tested with a fake
-clock, and torch-free, so the same code times CPU and CUDA steps (CUDA passes a ``sync``)."""
+"""Timing logic inside a case's process: warm up and size a window once (``calibrate``), then time
+windows of steps for one trial when asked (``run_trial``); and the order statistics the trials'
+estimates use. Pure Python with an injectable clock, so it is tested with a fake clock, and
+torch-free, so the same code times CPU and CUDA steps (CUDA passes a ``sync``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 # How many raw per-step times a case keeps for its distribution plot. Percentiles are computed
 # from all steps before thinning; the cap keeps results files small for fast models.
@@ -65,40 +65,6 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     return (s[k - 1], s[n - k])
 
 
-# Below 6 samples even the widest interval, (min, max), covers the median with probability
-# 1 - 2 * 0.5**n < 95% (75% for 3 samples), so no 95% interval exists and no target can be met.
-MIN_CI_SAMPLES = 6
-
-
-def relative_half_width(values: Sequence[float]) -> float:
-    """Half-width of the median's 95% CI over the median; infinite where no such CI exists."""
-    if len(values) < MIN_CI_SAMPLES:
-        return math.inf
-    lo, hi = median_ci(values)
-    m = median(values)
-    if not (m > 0) or math.isnan(lo):
-        return math.inf
-    return (hi - lo) / 2 / m
-
-
-class MeasureSettings(Protocol):
-    """What ``measure`` reads of a case's settings: a suite's ``MeasureConfig`` as it is, without
-    this module importing pydantic or the suite (read-only, so a frozen model fits)."""
-
-    @property
-    def warmup_steps(self) -> int: ...
-    @property
-    def min_time(self) -> float: ...
-    @property
-    def max_time(self) -> float: ...
-    @property
-    def target_ci(self) -> float: ...
-    @property
-    def window_time(self) -> float: ...
-    @property
-    def min_windows(self) -> int: ...
-
-
 @dataclass
 class Measurement:
     """Raw windows of one measured case. Times in seconds on ``time.perf_counter``'s clock, which
@@ -128,99 +94,12 @@ class Measurement:
         return self.steps_per_window * len(self.window_seconds)
 
 
-def measure(step: Callable[[], object], settings: MeasureSettings, batch_size: int,
-            sync: Callable[[], None] = lambda: None,
-            clock: Callable[[], float] = time.perf_counter,
-            step_times: bool = True,
-            agree: Callable[[float], float] = lambda seconds: seconds) -> Measurement:
-    """Warm up, calibrate the window length, then time windows of steps.
-
-    ``sync`` is called only at window edges: on CUDA it waits for queued kernels, so a window's
-    wall time covers exactly its steps, while steps inside a window stay asynchronous as in real
-    training. ``step_times`` records a timestamp after every step; on the CPU each step is
-    synchronous so these are true step times, on CUDA they would only time kernel launches, so the
-    caller turns them off there (window means stand in for them).
-
-    ``agree`` turns a local duration into the one all ranks use (the maximum over ranks in DDP), at
-    window edges only. Every rank then sees the same window times, so all ranks pick the same
-    window length and make the same stopping decision without another message, and a window's
-    global throughput is all ranks' samples over the slowest rank's time."""
-    # Warm-up: lazy initialisation, allocator growth, cuDNN autotuning and the first optimizer
-    # step (which creates its state) are not what steady-state training costs.
-    t_start = clock()
-    for _ in range(settings.warmup_steps):
-        step()
-    sync()
-    warm_end = clock()
-    # Calibrate from a few timed steps so that one window lasts about ``window_time``: long
-    # enough that clock resolution and the per-window sync are negligible, short enough to give
-    # many windows for the interval.
-    probe = 3
-    for _ in range(probe):
-        step()
-    sync()
-    per_step = max(agree((clock() - warm_end) / probe), 1e-9)
-    k = max(1, round(settings.window_time / per_step))
-    result = Measurement(batch_size=batch_size, steps_per_window=k, warmup_seconds=warm_end - t_start)
-    stamps: list[float] = []
-    record = stamps.append
-    elapsed = 0.0
-    while True:
-        sync()
-        t0 = clock()
-        if step_times:
-            prev = t0
-            for _ in range(k):
-                step()
-                record(clock())
-            for t in stamps:
-                result.step_seconds.append(t - prev)
-                prev = t
-            stamps.clear()
-        else:
-            for _ in range(k):
-                step()
-        sync()
-        t1 = clock()
-        seconds = agree(t1 - t0)
-        result.window_start.append(t0)
-        result.window_seconds.append(seconds)
-        result.local_window_seconds.append(t1 - t0)
-        # Measured time, the same on every rank; the few microseconds between windows are left out.
-        elapsed += seconds
-        if elapsed >= settings.max_time:
-            width = relative_half_width(result.window_throughput)
-            met = width <= settings.target_ci and len(result.window_seconds) >= settings.min_windows
-            result.stop_reason = "target_ci" if met else "max_time"
-            break
-        if (elapsed >= settings.min_time and len(result.window_seconds) >= settings.min_windows
-                and relative_half_width(result.window_throughput) <= settings.target_ci):
-            result.stop_reason = "target_ci"
-            break
-    return result
-
-
 def thin(values: Sequence[float], limit: int = MAX_STEP_SAMPLES) -> list[float]:
     """Evenly spaced subsample (keeps order and the time structure of the series)."""
     n = len(values)
     if n <= limit:
         return list(values)
     return [values[int(i * n / limit)] for i in range(limit)]
-
-
-def throughput_summary(thr: Sequence[float], target_ci: float) -> dict[str, object]:
-    """Median, its 95% CI and whether the CI met its target, from per-window throughputs."""
-    lo, hi = median_ci(thr)
-    half = relative_half_width(thr)
-    return {
-        "median": median(thr),
-        "mean": sum(thr) / len(thr),
-        "ci95": [lo, hi],
-        "ci_rel_half_width": None if math.isinf(half) else half,
-        "ci_target": target_ci,
-        "ci_target_met": half <= target_ci,
-        "unit": "samples/s",
-    }
 
 
 def step_time_summary(steps_ms: Sequence[float], source: str) -> dict[str, object]:
@@ -235,24 +114,9 @@ def step_time_summary(steps_ms: Sequence[float], source: str) -> dict[str, objec
     }
 
 
-def summarize(m: Measurement, target_ci: float) -> dict[str, object]:
-    """The ``metrics`` block of a case from its raw windows."""
-    steps_ms = [s * 1000 for s in m.step_seconds] or [s * 1000 / m.steps_per_window for s in m.window_seconds]
-    return {
-        "throughput": throughput_summary(m.window_throughput, target_ci),
-        "step_time_ms": step_time_summary(steps_ms, "per_step" if m.step_seconds else "window_mean"),
-        "windows": len(m.window_seconds),
-        "steps": m.steps,
-        "steps_per_window": m.steps_per_window,
-        "measured_s": m.measured_seconds,
-        "warmup_s": m.warmup_seconds,
-        "stop_reason": m.stop_reason,
-    }
-
-
 # --- trials ---------------------------------------------------------------------------------------
 # In rounds (bench.rounds), a case process warms up once and then measures short trials when the
-# coordinator asks, while other cases' processes wait. The two halves of ``measure`` above, apart.
+# coordinator asks, while other cases' processes wait.
 
 
 @dataclass

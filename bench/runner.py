@@ -153,18 +153,6 @@ class CaseLauncher:
             return f"worker process was killed by {signal_name(code)}"
         return f"worker process exited with code {code} without a result"
 
-    def run_case(self, case: Case, out_dir: Path | None, log_path: Path | None) -> dict[str, Any]:
-        """Run one case in a fresh process; files it writes (traces...) go under ``out_dir``."""
-        from bench import worker_entry
-
-        payload = {"id": case.id, "params": case.params_json(), "out_dir": str(out_dir) if out_dir else None}
-        message, error = self._call(worker_entry.child_main, (payload, str(log_path) if log_path else None),
-                                    case.params.timeout)
-        if error is not None:
-            return {"status": "failed", "error": error}
-        assert isinstance(message, dict)
-        return message
-
     def probe(self) -> dict[str, Any] | None:
         from bench import worker_entry
 

@@ -1,55 +1,26 @@
-"""What runs inside a case's own process: build the model and its data, warm up, measure, and send
-one record back. The forkserver preloads this module (and so torch), so a case costs a fork, not a
-fresh interpreter and torch import, while still sharing no state with other cases."""
+"""The pieces of a case's own process: the device it runs on, its threads, and one training step
+built from its parameters (``bench.session`` measures it in trials). The forkserver preloads this
+module (and so torch), so a case costs a fork, not a fresh interpreter and torch import, while
+still sharing no state with other cases."""
 
 from __future__ import annotations
 
-import os
 import resource
-import sys
-import time
-import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 
-from bench.collectors import CaseContext, make_collectors
 from bench.components import build_loss, build_optimizer
 from bench.data import make_batches
 from bench.environment import available_cores
-from bench.measure import measure, summarize, thin
 from bench.models import build_model
 from bench.suite import CaseParams
 
 
 class Skip(Exception):
     """The case cannot run on this machine (no GPU, too few GPUs...); not a failure."""
-
-
-def child_main(payload: dict[str, Any], conn: Connection, log_path: str | None) -> None:
-    """Entry point of a case process: never raises, always tries to send one record."""
-    if log_path:
-        # The case's own output (warnings, a user's prints) goes to its log, not over the
-        # progress bar; the record carries the error text.
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    try:
-        record = run_case(payload)
-    except Skip as exc:
-        record = {"status": "skipped", "error": str(exc)}
-    except BaseException as exc:  # a user's model may raise anything; it must become a record
-        record = {"status": "failed", "error": describe_error(exc),
-                  "traceback": "".join(traceback.format_exception(exc))[-8000:]}
-    try:
-        conn.send(record)
-    finally:
-        conn.close()
-        sys.stdout.flush()
-        sys.stderr.flush()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -140,75 +111,6 @@ def single_process_setup(params: CaseParams) -> tuple[torch.device, int, Wrapper
         # DataParallel splits one input batch across GPUs: weak scaling keeps batch_size per GPU.
         batch = params.batch_size * params.world_size if params.scaling == "weak" else params.batch_size
     return device, batch, wrap, threads, warnings
-
-
-def run_case(payload: dict[str, Any]) -> dict[str, Any]:
-    """Build, warm up and measure a single-process case (cpu, cuda or dp); returns its record."""
-    params = CaseParams.model_validate(payload["params"])
-    device, batch, wrap, threads, warnings = single_process_setup(params)
-    return measure_case(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
-                        threads=threads, warnings=warnings)
-
-
-def measure_case(params: CaseParams, device: torch.device, payload: dict[str, Any], *, batch: int,
-                 samples_per_step: int, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None,
-                 threads: int, warnings: list[str], rank: int = 0,
-                 agree: Callable[[float], float] | None = None) -> dict[str, Any]:
-    """Build, warm up and measure one process's share of a case. ``batch`` is what this process
-    feeds its model per step, ``samples_per_step`` what all ranks together process per step."""
-    t0 = time.perf_counter()
-    step, model = build_step(params, device, batch, wrap)
-    build_s = time.perf_counter() - t0
-    m = params.measure
-    ctx = CaseContext(params=params, device=device, out_dir=payload.get("out_dir"), case_id=payload.get("id", ""),
-                      rank=rank, step=step, model=model, batch=batch)
-    if agree is not None:
-        ctx.agree = agree
-    collectors = make_collectors(ctx)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    kwargs: dict[str, Any] = {"agree": agree} if agree is not None else {}
-    with collectors:
-        if device.type == "cuda":
-            result = measure(step, m, samples_per_step, sync=lambda: torch.cuda.synchronize(device),
-                             step_times=False, **kwargs)
-        else:
-            result = measure(step, m, samples_per_step, **kwargs)
-    # Read device memory peaks now: the collectors' extra steps after this are not the measured region.
-    cuda_peaks = ((torch.cuda.max_memory_allocated(device) / 2**20, torch.cuda.max_memory_reserved(device) / 2**20)
-                  if device.type == "cuda" else None)
-    ctx.measurement = result  # FLOPs and NVML collectors align with and divide by the timed windows
-    collectors.after()
-    metrics = summarize(result, m.target_ci)
-    metrics["peak_rss_mb"] = peak_rss_mb()
-    metrics["threads"] = threads
-    metrics["build_s"] = build_s
-    metrics["batch_per_process"] = batch
-    if cuda_peaks is not None:
-        metrics["cuda_peak_allocated_mb"], metrics["cuda_peak_reserved_mb"] = cuda_peaks
-    if not metrics["throughput"]["ci_target_met"]:  # type: ignore[index]
-        width = metrics["throughput"]["ci_rel_half_width"]  # type: ignore[index]
-        shown = "undefined" if width is None else f"±{width:.1%}"
-        warnings.append(f"95% CI {shown} did not reach the target ±{m.target_ci:.1%} "
-                        f"within max_time {m.max_time:g} s")
-    origin = result.window_start[0]
-    return {
-        "status": "ok",
-        "error": None,
-        "warnings": warnings,
-        "device": str(device),
-        "metrics": metrics,
-        "samples": {
-            "clock_origin": origin,
-            "window_start_s": [t - origin for t in result.window_start],
-            "window_s": result.window_seconds,
-            "window_throughput": result.window_throughput,
-            "step_time_ms": [s * 1000 for s in thin(result.step_seconds)],
-            # Only this process's view: equal to window_s except under DDP.
-            "local_window_s": result.local_window_seconds,
-        },
-        "collectors": collectors.records(),
-    }
 
 
 def probe_environment() -> dict[str, Any]:

@@ -8,14 +8,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 
-def child_main(conn: Connection, payload: dict[str, Any], log_path: str | None) -> None:
-    from bench import userpath, worker
-
-    userpath.forget_safe_path()  # the case server needed it, the user's code should not see it
-
-    worker.child_main(payload, conn, log_path)
-
-
 def probe_main(conn: Connection) -> None:
     from bench import worker
 

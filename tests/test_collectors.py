@@ -25,8 +25,8 @@ from bench.collectors.memory import MemoryCollector
 from bench.collectors.pyspy import PySpyCollector, find_pyspy
 from bench.collectors.torch_profiler import TorchProfilerCollector
 from bench.errors import SuiteError
-from bench.measure import Measurement, measure
-from bench.suite import CaseParams, MeasureConfig, load
+from bench.measure import Measurement, run_trial
+from bench.suite import CaseParams, load
 
 
 def _params(**overrides: Any) -> CaseParams:
@@ -105,10 +105,8 @@ def test_a_collector_that_raises_records_its_error_and_the_measurement_goes_on(w
     ctx = _ctx()
     broken, healthy = Raising(ctx, where), Counting(ctx)
     collectors = CollectorSet([broken, healthy])
-    settings = MeasureConfig(warmup_steps=1, min_time=0.01, max_time=0.05, target_ci=0.5, window_time=0.002,
-                             min_windows=3)
     with collectors:
-        result = measure(lambda: None, settings, 1)
+        result = run_trial(lambda: None, steps_per_window=5, batch_size=1, seconds=0.01, min_windows=3)
     collectors.after()
     records = collectors.records()
     assert len(result.window_seconds) >= 3
@@ -117,18 +115,22 @@ def test_a_collector_that_raises_records_its_error_and_the_measurement_goes_on(w
 
 
 def test_a_collector_that_raises_in_a_real_case_leaves_the_case_ok(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench import worker
+    from bench import session, worker
 
-    real = worker.make_collectors
-    monkeypatch.setattr(worker, "make_collectors",
+    real = session.make_collectors
+    monkeypatch.setattr(session, "make_collectors",
                         lambda ctx: CollectorSet([*real(ctx).collectors, Raising(ctx, "start")]))
     params = _params(threads=1, measure={"warmup_steps": 1, "min_time": 0.05, "max_time": 0.2,
                                          "window_time": 0.01, "min_windows": 3})
-    record = worker.run_case({"id": "c", "params": params.model_dump(mode="json", by_alias=True), "out_dir": None})
-    assert record["status"] == "ok"
-    assert record["metrics"]["throughput"]["median"] > 0
-    assert record["collectors"]["raising"]["error"] == "RuntimeError: broken in start second line"
-    assert record["collectors"]["flops"]["error"] is None
+    device, batch, wrap, threads, warnings = worker.single_process_setup(params)
+    case = session.CaseSession(params, device, {"id": "c", "out_dir": None}, batch=batch, samples_per_step=batch,
+                               wrap=wrap, threads=threads, warnings=warnings)
+    assert case.prepare()["status"] == "ready"
+    trial = case.trial(0.05, collect=True)
+    final = case.finish()
+    assert trial["status"] == "ok" and min(trial["window_throughput"]) > 0
+    assert final["collectors"]["raising"]["error"] == "RuntimeError: broken in start second line"
+    assert final["collectors"]["flops"]["error"] is None
 
 
 def test_every_case_gets_memory_nvml_and_flops_and_profile_adds_the_profilers() -> None:

@@ -180,7 +180,7 @@ matrix:
     assert result.stderr_lines == [f"bench: note: cnn-2: {cases[1].note}"]
     assert bench("validate", path).stderr_lines == [f"bench: note: cnn-2: {cases[1].note}"]
     record = runner._case_record(cases[1], "2025-01-01T00:00:00+00:00", 1.0, {"warnings": ["slow"]}, None)
-    assert record["warnings"] == [cases[1].note, "slow"]
+    assert record.warnings == [cases[1].note, "slow"]
 
 
 def test_a_suffix_never_takes_an_id_a_later_case_reads_as(write_suite: Any) -> None:
