@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 
@@ -230,6 +230,12 @@ class Collectors(Record):
     pyspy: PyspyRecord | None = None
     flops: FlopsRecord | None = None
     memory: MemoryRecord | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_present(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A collector that did not run for a case has no key, as the writer has always done.
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
 
     def get(self, name: str) -> CollectorRecord | dict[str, Any] | None:
         """The record of a collector by name (declared or an addition)."""

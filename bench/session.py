@@ -74,7 +74,10 @@ class CaseSession:
 
     def trial(self, seconds: float, collect: bool) -> dict[str, Any]:
         """Windows of steps for ``seconds``; with ``collect``, the collectors watch this trial
-        (memory and GPU samplers, the window times FLOPs are divided by)."""
+        (memory and GPU samplers, the window times FLOPs are divided by). On a GPU that trial lasts
+        at least ten NVML sampling intervals, so the telemetry has samples to summarise."""
+        if collect and self.cuda:
+            seconds = max(seconds, 10 * self.params.nvml_interval)
         measure = lambda: run_trial(self.step, self.steps_per_window, self.samples_per_step, seconds,  # noqa: E731
                                     self.sync, step_times=not self.cuda, agree=self.agree,
                                     min_windows=self.params.measure.min_windows)

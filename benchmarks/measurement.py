@@ -3,8 +3,9 @@
     python benchmarks/measurement.py [--rounds 6] [--seconds 2]
 
 Overhead: the MLP (784-128-10, batch 64, SGD, synthetic data, 2 threads) measured the way a bench
-case process measures it (bench.worker.run_case) against a bare hand-written loop with the same
-model, data and threads, interleaved A/B in one process so that both see the same machine state.
+case process measures a trial (bench.session.CaseSession: windows of steps, a clock read per step)
+against a bare hand-written loop with the same model, data and threads, interleaved A/B in one
+process so that both see the same machine state.
 Agreement: the same step timed by torch.utils.benchmark.Timer (blocked_autorange) against bench's
 median step time. Prints medians and ratios; nothing is asserted (this is a benchmark).
 """
@@ -20,19 +21,22 @@ import torch
 
 from bench import worker
 from bench.models.classic import MLP
+from bench.session import CaseSession
 from bench.suite import CaseParams
 
 THREADS = 2
 BATCH = 64
 
 
-def case_payload(seconds: float) -> dict:
-    params = CaseParams.model_validate({
-        "model": "mlp", "optimizer": "sgd", "batch_size": BATCH, "threads": THREADS,
-        "measure": {"warmup_steps": 50, "min_time": seconds, "max_time": seconds, "target_ci": 1e-6},
-        "timeout": seconds * 10,
-    })
-    return {"id": "overhead", "params": params.model_dump(mode="json", by_alias=True)}
+def case_session() -> CaseSession:
+    """A case built and warmed up as a case process does it, ready to measure trials."""
+    params = CaseParams.model_validate({"model": "mlp", "optimizer": "sgd", "batch_size": BATCH, "threads": THREADS,
+                                        "measure": {"warmup_steps": 50}})
+    device, batch, wrap, threads, warnings = worker.single_process_setup(params)
+    session = CaseSession(params, device, {"id": "overhead", "out_dir": None}, batch=batch, samples_per_step=batch,
+                          wrap=wrap, threads=threads, warnings=warnings)
+    session.prepare()
+    return session
 
 
 def bare_loop(seconds: float) -> float:
@@ -88,13 +92,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args()
     bench_thr, bare_thr, bench_p50 = [], [], []
+    session = case_session()
     for i in range(args.rounds):
         order = ("bench", "bare") if i % 2 == 0 else ("bare", "bench")
         for who in order:
             if who == "bench":
-                rec = worker.run_case(case_payload(args.seconds))
-                bench_thr.append(rec["metrics"]["throughput"]["median"])
-                bench_p50.append(rec["metrics"]["step_time_ms"]["p50"])
+                trial = session.trial(args.seconds, collect=False)
+                bench_thr.append(statistics.median(trial["window_throughput"]))
+                bench_p50.append(statistics.median(trial["step_time_ms"]))
             else:
                 bare_thr.append(bare_loop(args.seconds))
     ratios = [b / a for b, a in zip(bench_thr, bare_thr, strict=True)]

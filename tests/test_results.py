@@ -245,3 +245,16 @@ def test_a_case_measured_in_one_window_has_no_interval_and_still_loads(smoke_run
     df = to_dataframe([load_run(path)])
     assert df["metrics.throughput.ci95_low"].isna().iloc[0]
     assert df["metrics.throughput.median"].iloc[0] == case["metrics"]["throughput"]["median"]
+
+
+def test_a_version_1_file_loads_with_each_case_as_one_trial_labelled_as_within_run_only() -> None:
+    run = load_run(Path(__file__).parent / "data" / "good_results.json")
+    assert run.doc.schema_version == 1 and not run.doc.trial_based
+    (case,) = [c for c in run.cases if c.ok]
+    assert case.metrics is not None and case.samples is not None and case.trials is not None
+    (trial,) = case.trials
+    assert trial.median == case.metrics.throughput.median
+    assert trial.windows == case.samples.window_throughput
+    assert case.metrics.throughput.trials == 1
+    assert "version 1" in (case.metrics.throughput.interval or "") and "within-run" in case.metrics.throughput.interval
+    assert run.doc.effects == [] and run.doc.rounds is None
