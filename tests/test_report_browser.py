@@ -96,16 +96,21 @@ def test_a_real_run_report_shows_its_views_and_draws_every_chart(smoke_run: Any,
     report = write_report([load_run(smoke_run.out)], tmp_path / "report.html")
     opened = open_report(report)
     page = opened.page
-    assert opened.views() == ["summary", "throughput", "step-time", "memory", "flops"]
+    assert opened.views() == ["summary", "effects", "throughput", "trials", "step-time", "memory", "flops"]
     for key in opened.views():
         assert page.locator(f"#view-{key} h2").is_visible()
-    expected = page.locator(".plot").count()
-    assert expected == 6  # throughput by model, by optimizer, small multiples; step time; memory; FLOPs
-    assert _plots_drawn(page) == expected
+    # One chart per view, but throughput: by model and by optimizer, and small multiples unless the
+    # two models' trials came out so far apart in scale that each chart has a panel per model.
+    plots = {key: page.locator(f"#view-{key} .plot").count() for key in opened.views()}
+    assert plots.pop("throughput") in (2, 3) and plots.pop("summary") == 0
+    assert set(plots.values()) == {1}
+    assert _plots_drawn(page) == page.locator(".plot").count()
     assert page.locator("#view-throughput .js-plotly-plot g.trace.bars").count() >= 2
+    assert page.locator("#view-effects .js-plotly-plot g.trace.scatter .point").count() == 2  # model, optimizer
+    assert page.locator("#view-trials .js-plotly-plot g.trace.scatter .point").count() >= 2
     assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-    assert len(opened.screenshot_views(tmp_path)) == 5
+    assert len(opened.screenshot_views(tmp_path)) == 7
 
 
 def test_the_results_table_sorts_by_clicking_and_filters_by_typing(smoke_run: Any, open_report: Any,
@@ -215,3 +220,47 @@ def test_a_chart_of_hundreds_of_cases_comes_folded_and_draws_when_opened(open_re
     page.wait_for_selector("#view-step-time .js-plotly-plot svg.main-svg")
     assert page.locator("#view-step-time g.trace.boxes path.box").count() == 238  # the ok cases
     assert opened.errors == [] and opened.foreign_requests == []
+
+
+def test_a_report_in_rounds_draws_its_findings_effects_panels_and_trials(open_report: Any, tmp_path: Path) -> None:
+    # Version 2 with an MLP 100x faster than a CNN: findings, a forest plot, throughput in a panel
+    # per model, and each case's trials picked from a list.
+    doc = make_doc(24, version=2, model_speed={"mlp": 50.0})
+    run = load_run(write_doc(tmp_path / "run", doc))
+    opened = open_report(write_report([run], tmp_path / "report.html"))
+    page = opened.page
+    assert opened.views() == ["summary", "effects", "throughput", "trials", "step-time", "scaling", "memory", "gpu",
+                              "profile", "flops"]
+    findings = page.locator("#view-summary .findings li").all_inner_texts()
+    assert findings[0].startswith("Fastest: mlp-") and "Slowest: cnn-" in findings[0]
+    assert findings[1].startswith("model: the largest effect is cnn vs mlp, ")
+    # The environment is folded; the findings come before the runs' metadata.
+    environment = page.locator("#view-summary details", has_text="Environment fingerprint")
+    assert environment.get_attribute("open") is None
+    assert not page.locator("#view-summary td", has_text="Python").first.is_visible()
+    visible = page.locator(".plot").evaluate_all("els => els.filter(e => !e.closest('details:not([open])')).length")
+    assert _plots_drawn(page) == visible
+    # The forest plot: a point per effect, in a panel per parameter around 0%.
+    effects = page.locator("#view-effects")
+    assert effects.locator("g.trace.scatter .point").count() == len(run.doc.effects) == 6
+    assert effects.locator(".xtick text", has_text="0%").count() >= 3
+    # Throughput: each model's panel has its own x axis (the CNN's ticks stay in the thousands).
+    first = page.locator("#view-throughput .js-plotly-plot").first
+    mlp_ticks, cnn_ticks = (first.locator(f".{axis}tick text").all_text_contents() for axis in ("x", "x2"))
+    assert max(float(t.replace(",", "").replace("k", "e3")) for t in mlp_ticks) > 100_000
+    assert max(float(t.replace(",", "").replace("k", "e3")) for t in cnn_ticks) < 2_000
+    # The trials: picking another case redraws its trials; the first case's unstable trial is marked.
+    trials = page.locator("#view-trials")
+    assert trials.locator("g.trace.scatter").count() == 2  # trial medians, and the unstable one
+    trials.locator("select").select_option(index=1)
+    page.wait_for_function("id => document.querySelector('#view-trials .gtitle').textContent === id",
+                           arg=run.cases[1].id)
+    assert trials.locator("g.trace.scatter").count() == 1
+    assert trials.locator("g.trace.scatter .point").count() == 8
+    assert trials.locator(".shapelayer path").count() == 2  # the interval's band and the median
+    # World size is a category: a tick per size measured, none between.
+    ticks = page.locator("#view-scaling .x3tick text").all_text_contents()  # DP's efficiency panel
+    assert ticks == ["1", "2", "4", "8"]
+    assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    opened.screenshot_views(tmp_path)

@@ -1,6 +1,8 @@
 """Hand-made results files for the report tests and benchmark: the data a CPU machine cannot
 produce (GPU telemetry, CUDA memory, FLOPs, profiler output, scaling over world sizes), failures,
-hostile names, and a thousand cases. (Real `bench run` output comes from conftest's smoke_run.)
+hostile names, a thousand cases, and either results format: version 1 (one stretch per case) or
+version 2 (trials in randomized rounds, with paired effects). (Real `bench run` output comes from
+conftest's smoke_run.)
 
 The hand-made documents follow bench/results.schema.json; the test below keeps them honest."""
 
@@ -16,7 +18,10 @@ from typing import Any
 
 import pytest
 
-from bench.results import SCHEMA_VERSION, load_run, validate_doc
+from bench import trials as stats
+from bench.effects import effects
+from bench.records import dump
+from bench.results import load_run, validate_doc
 
 EVIL = "<img src=x onerror=alert(1)>"
 
@@ -95,14 +100,18 @@ def _ok_case(params: dict[str, Any], rng: random.Random, *, gpu: bool, n_samples
 
 def make_doc(n_cases: int = 12, *, suite_name: str = "synthetic", gpu: bool = True, seed: int = 0,
              n_samples: int = 60, speed: float = 1.0, problems: bool = True, profile: bool = True,
-             scaling: bool = True, evil: bool = False) -> dict[str, Any]:
+             scaling: bool = True, evil: bool = False, version: int = 1, rounds: int = 8,
+             model_speed: dict[str, float] | None = None) -> dict[str, Any]:
     """A schema-valid results document of ``n_cases`` cases (models, optimizers, activations and
-    batch sizes), with GPU collectors, profiler output, scaling entries and one failed and one skipped case."""
+    batch sizes), with GPU collectors, profiler output, scaling entries and one failed and one skipped case.
+    ``version=2`` measures the cases in ``rounds`` randomized rounds of trials (the first case has an
+    unstable trial) and adds the paired effects; ``model_speed`` multiplies a model's throughput."""
     rng = random.Random(seed)
     mode = "cuda" if gpu else "cpu"
     batch_sizes = [16 * 2**k for k in range(max(1, math.ceil(n_cases / (len(MODELS) * 12))))]
     combos = itertools.product(MODELS, OPTIMIZERS, ACTIVATIONS, batch_sizes)
-    cases = [_ok_case(_params(m, o, a, b, mode), rng, gpu=gpu, n_samples=n_samples, speed=speed)
+    cases = [_ok_case(_params(m, o, a, b, mode), rng, gpu=gpu, n_samples=n_samples,
+                      speed=speed * (model_speed or {}).get(m, 1.0))
              for m, o, a, b in itertools.islice(combos, n_cases)]
     if profile and cases:
         cases[0]["collectors"]["torch_profiler"] = {
@@ -128,7 +137,7 @@ def make_doc(n_cases: int = 12, *, suite_name: str = "synthetic", gpu: bool = Tr
         if len(cases) > 2:
             cases[-1]["error"] = EVIL
     doc: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": version,
         "suite": {"name": EVIL if evil else suite_name, "path": f"suites/{suite_name}.yaml", "source": {}},
         "run": {"started": "2026-11-27T12:00:00+00:00", "finished": "2026-11-27T12:30:00+00:00",
                 "status": "complete", "argv": ["bench", "run", f"suites/{suite_name}.yaml"], "overrides": [],
@@ -146,7 +155,63 @@ def make_doc(n_cases: int = 12, *, suite_name: str = "synthetic", gpu: bool = Tr
              "baseline_case": f"resnet18-{mode_}-ws1", "throughput": 1000 * ws * eff, "speedup": ws * eff, "efficiency": eff, "scaling": "weak"}
             for mode_, decay in (("dp", 0.18), ("ddp", 0.04)) for ws in (1, 2, 4, 8)
             for eff in [1 / (1 + decay * math.log2(ws))]]
+    if version == 2:
+        _in_rounds(doc, rng, rounds)
     return doc
+
+
+TARGET_CI = 0.03
+
+
+def _in_rounds(doc: dict[str, Any], rng: random.Random, rounds: int) -> None:
+    """Turn each measured case into ``rounds`` trials, as a version-2 writer records them: the
+    machine's speed drifts from round to round (shared by the cases of a round), each trial has
+    its own noise, and the first case drifts by 14% inside one trial."""
+    ok = [c for c in doc["cases"] if c["status"] == "ok"]
+    orders = [rng.sample([c["id"] for c in ok], len(ok)) for _ in range(rounds)]
+    machine = [1 + 0.03 * math.sin(r) for r in range(rounds)]
+    for n, case in enumerate(ok):
+        level = case["metrics"]["throughput"]["median"]
+        # A case's own noise: some cases are noisier than the target allows, most are not.
+        noise = 0.04 if n % 3 == 2 else 0.005
+        trials = []
+        for r, order in enumerate(orders):
+            position = order.index(case["id"])
+            median = level * machine[r] * rng.lognormvariate(0, noise)
+            unstable = n == 0 and r == 2  # needs 3 rounds or more
+            windows = [median * rng.uniform(0.99, 1.01) * (1.07 if unstable and w >= 3 else 1.0) for w in range(6)]
+            trials.append({"round": r, "position": position, "start_s": r * len(ok) * 0.6 + position * 0.6,
+                           "repeat": 0, "median": median, "trimmed": 0, "drift": 0.14 if unstable else 0.0,
+                           "stable": not unstable, "windows": windows})
+        origin = trials[0]["start_s"]
+        for t in trials:
+            t["start_s"] -= origin
+        medians = [t["median"] for t in trials]
+        est = stats.estimate(medians)
+        met = stats.target_met(est, TARGET_CI)
+        half = None if math.isinf(est.rel_half_width) else est.rel_half_width  # no interval from one trial
+        case["trials"] = trials
+        case["metrics"]["throughput"].update(
+            median=est.point, mean=sum(medians) / len(medians), ci95=[est.low, est.high],
+            ci_rel_half_width=half, ci_target=TARGET_CI, ci_target_met=met, interval=est.method,
+            trials=len(trials))
+        drifted = any(not t["stable"] for t in trials)
+        case["metrics"].update(trials=len(trials), trimmed_windows=0, unstable=drifted,
+                               stop_reason="target_ci" if met else "rounds",
+                               windows=sum(len(t["windows"]) for t in trials))
+        case["warnings"] = [] if met else [
+            f"95% CI {'undefined' if half is None else f'±{half:.1%}'} over {len(trials)} trials did not reach "
+            f"the target ±{TARGET_CI:.1%}"]
+        if drifted:
+            case["warnings"].append(f"unstable: throughput drifted within 1 of {len(trials)} trials, "
+                                    "by up to +14.0% (round 2)")
+        windows = [w for t in trials for w in t["windows"]]
+        case["samples"].update(window_throughput=windows, window_s=[0.1] * len(windows),
+                               window_start_s=[t["start_s"] + 0.1 * w for t in trials for w in range(len(t["windows"]))],
+                               window_trial=[i for i, t in enumerate(trials) for _ in t["windows"]])
+    doc["rounds"] = {"seed": 1234, "completed": rounds, "orders": orders,
+                     "estimator": "median of trial medians; 95% order-statistic interval over trials"}
+    doc["effects"] = [dump(e) for e in effects(validate_doc(doc, "synthetic").cases)]
 
 
 def write_doc(folder: Path, doc: dict[str, Any]) -> Path:
@@ -168,7 +233,8 @@ def slower_copy(results: Path, folder: Path, factor: float) -> Path:
     return write_doc(folder, doc)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"gpu": False}, {"evil": True}, {"n_cases": 1000, "n_samples": 20}])
+@pytest.mark.parametrize("kwargs", [{}, {"gpu": False}, {"evil": True}, {"n_cases": 1000, "n_samples": 20},
+                                    {"version": 2}, {"version": 2, "n_cases": 1000, "n_samples": 20}])
 def test_hand_made_results_pass_the_results_schema(kwargs: dict[str, Any]) -> None:
     doc = make_doc(**kwargs)
     validate_doc(doc, "synthetic")
@@ -179,3 +245,14 @@ def test_hand_made_results_load_like_a_real_results_file(tmp_path: Path) -> None
     run = load_run(write_doc(tmp_path / "run-a", make_doc(5)))
     assert run.label == "run-a"
     assert [c.status for c in run.cases] == ["ok", "ok", "ok", "skipped", "failed"]
+
+
+def test_hand_made_version_2_results_have_trials_in_rounds_and_paired_effects(tmp_path: Path) -> None:
+    run = load_run(write_doc(tmp_path / "v2", make_doc(12, version=2, rounds=6)))
+    assert run.doc.trial_based and run.doc.rounds is not None and run.doc.rounds.completed == 6
+    measured = [c for c in run.cases if c.ok]
+    assert all(len(c.trials or []) == 6 for c in measured)
+    assert [c.metrics.unstable for c in measured[:2] if c.metrics] == [True, False]
+    assert {e.parameter for e in run.doc.effects} == {"optimizer", "activation"}
+    # The failed and skipped cases leave cells of some values without a counterpart.
+    assert any(e.missing for e in run.doc.effects)

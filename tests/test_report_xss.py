@@ -38,9 +38,9 @@ PAYLOADS = [
 @pytest.mark.parametrize("payload", PAYLOADS, ids=range(len(PAYLOADS)))
 def test_a_hostile_string_in_names_params_and_errors_shows_as_text_and_runs_nothing(
         payload: str, open_report: Any, tmp_path: Path) -> None:  # noqa: F811
-    # The synthetic run puts EVIL in the suite name, a case id, a parameter and an error text;
-    # swap in this payload everywhere.
-    text = json.dumps(make_doc(6, evil=True)).replace(json.dumps(EVIL)[1:-1], json.dumps(payload)[1:-1])
+    # The synthetic run puts EVIL in the suite name, a case id, a parameter and an error text, and
+    # from there into the findings, the paired effects and the trials; swap in this payload everywhere.
+    text = json.dumps(make_doc(6, evil=True, version=2)).replace(json.dumps(EVIL)[1:-1], json.dumps(payload)[1:-1])
     results = tmp_path / "run" / "results.json"
     results.parent.mkdir()
     results.write_text(text, encoding="utf-8")
@@ -54,5 +54,7 @@ def test_a_hostile_string_in_names_params_and_errors_shows_as_text_and_runs_noth
     assert page.locator("iframe").count() == 0
     assert payload in page.locator("h1").inner_text()
     assert page.locator("table#results td", has_text=payload).count() >= 1
+    assert page.locator("#view-effects td", has_text=payload).count() >= 1  # the parameter's value
+    assert page.locator("#view-summary .findings li", has_text=payload).count() >= 1
     assert "49" not in page.locator("h1").inner_text()  # no template evaluation
     assert opened.errors == [] and opened.foreign_requests == []

@@ -43,12 +43,14 @@ def esc(text: Any) -> str:
 
 
 def rnd(value: float | None, digits: int = 4) -> float | None:
-    """Round to significant digits: the page carries 4 digits per number instead of 17 (charts show no more)."""
+    """Round to significant digits: the page carries 4 digits per number instead of 17 (charts show
+    no more), and a whole number without its ``.0`` (a thousand cases' numbers add up)."""
     if value is None or not math.isfinite(value):
         return None
     if value == 0:
-        return 0.0
-    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+        return 0
+    rounded = round(value, digits - 1 - math.floor(math.log10(abs(value))))
+    return int(rounded) if rounded.is_integer() and abs(rounded) < 2**53 else rounded
 
 
 def rnd_all(values: Iterable[float | None], digits: int = 4) -> list[float | None]:

@@ -91,6 +91,16 @@ class Note:
 
 
 @dataclass
+class Bullets:
+    """A short list of sentences (findings, cells without a counterpart), read before any table."""
+
+    title: str
+    items: list[str]
+    cls: str = ""
+    kind: Literal["bullets"] = "bullets"
+
+
+@dataclass
 class Section:
     """A collapsible group of blocks (``<details>``)."""
 
@@ -100,7 +110,7 @@ class Section:
     kind: Literal["section"] = "section"
 
 
-Block = Table | FigureBlock | Switcher | Note | Section
+Block = Table | FigureBlock | Switcher | Note | Bullets | Section
 
 
 @dataclass
@@ -158,6 +168,9 @@ class CaseRow:
     results_dir: Path
     case: CaseRecord
     labels: dict[str, str]
+    trial_based: bool = False
+    """Whether its interval is over trials in randomized rounds (results version 2), not over the
+    windows of one stretch (version 1)."""
 
     @property
     def id(self) -> str:
@@ -203,6 +216,22 @@ class CaseRow:
         low, high = self.metrics.throughput.ci95
         return (low, high) if low is not None and high is not None else None
 
+    @property
+    def trial_count(self) -> int:
+        """Trials the case's estimate rests on (a version-1 case is one stretch: one trial)."""
+        if self.metrics is not None and self.metrics.throughput.trials is not None:
+            return self.metrics.throughput.trials
+        return len(self.case.trials or [])
+
+    @property
+    def interval_short(self) -> str:
+        """What the case's interval covers, in a few words for a sentence: ``over 8 trials`` (in
+        randomized rounds), or ``within one stretch`` (results version 1)."""
+        if not self.trial_based:
+            return "within one stretch"
+        n = self.trial_count
+        return f"over {n} trial{'s' if n != 1 else ''}"
+
 
 @dataclass
 class Context:
@@ -247,8 +276,36 @@ def case_rows(runs: list[Run]) -> list[CaseRow]:
         keys.extend(k for k in p if k not in keys)
     labels_by_key = {k: axis_labels([p.get(k) for p in params]) for k in keys}
     return [CaseRow(run=run.label, run_index=i, results_dir=run.path.parent, case=case,
-                    labels={k: labels_by_key[k][n] for k in keys})
+                    labels={k: labels_by_key[k][n] for k in keys}, trial_based=run.doc.trial_based)
             for n, (i, run, case) in enumerate(cases)]
+
+
+def interval_caption(rows: Sequence[CaseRow], multi_run: bool) -> str:
+    """What the intervals of these cases cover, said once for a table or a chart: per run where
+    runs differ (a version-1 file next to a version-2 one)."""
+    by_run: dict[str, list[CaseRow]] = {}
+    for r in rows:
+        if r.metrics is not None:
+            by_run.setdefault(r.run, []).append(r)
+    parts = []
+    for run, mine in by_run.items():
+        methods: dict[str, int] = {}
+        for r in mine:
+            how = r.metrics.throughput.interval if r.metrics is not None else None
+            if how:
+                methods[how] = methods.get(how, 0) + 1
+        if mine[0].trial_based:
+            counts = sorted({r.trial_count for r in mine})
+            n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+            text = f"95% intervals over each case's trials in randomized rounds ({n} trials per case)"
+            if len(methods) == 1:
+                text += f": {next(iter(methods))}"
+            elif methods:
+                text += ": " + "; or ".join(f"{m} ({k} cases)" for m, k in methods.items())
+        else:
+            text = f"95% intervals from {next(iter(methods), 'the windows of one stretch')}"
+        parts.append(f"{run}: {text}" if multi_run else text)
+    return "Intervals: " + "; ".join(parts) + "." if parts else ""
 
 
 def varying_axes(rows: Sequence[CaseRow]) -> list[str]:
@@ -288,6 +345,11 @@ def num(value: Any, digits: int = 1) -> Cell:
     if number is None:
         return Cell("")
     return Cell(f"{number:,.{digits}f}", sort=number)
+
+
+def number(value: float) -> str:
+    """Throughput in a sentence or a title: a thousand separator, no false precision."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
 
 
 def si(value: float, unit: str) -> str:

@@ -36,8 +36,10 @@ def _panels(ctx: Context, title: str, panels: Sequence[tuple[str, Getter, str]])
             ), row=1, col=col)
         fig.update_xaxes(title_text=esc(axis_title), tickformat=tickformat or None, rangemode="tozero",
                          row=1, col=col)
-    fig.update_yaxes(type="category", autorange="reversed", categoryorder="array",
-                     categoryarray=[esc(c) for c in categories])
+    fig.update_yaxes(type="category", autorange="reversed")
+    # The other panels' y axes match the first (shared_yaxes), category list included: a thousand
+    # case ids are carried once, not once per panel.
+    fig.update_yaxes(categoryorder="array", categoryarray=[esc(c) for c in categories], row=1, col=1)
     fig.update_layout(layout(title, bar_height(len(categories), len(runs)), barmode="group",
                              showlegend=ctx.multi_run))
     return fig
@@ -79,6 +81,9 @@ def build_flops(ctx: Context) -> View | None:
 # ---------------------------------------------------------------------------------------------
 # GPU telemetry
 
+# A measured window's band. The rows share one time axis, so a band drawn against the first spans all.
+BAND = {"type": "rect", "xref": "x", "yref": "paper", "y0": 0, "y1": 1, "fillcolor": "#0072B2", "opacity": 0.12,
+        "line": {"width": 0}, "layer": "below"}
 SERIES = (("util", "utilisation (%)"), ("power_w", "power (W)"), ("sm_clock_mhz", "SM clock (MHz)"),
           ("mem_used_mb", "memory used (MiB)"))
 
@@ -146,9 +151,9 @@ def _telemetry_traces(r: CaseRow, record: NvmlRecord, present: list[tuple[str, s
                          "name": esc(f"{d}: {device.get('name', f'GPU {d}')}"), "legendgroup": str(d),
                          "showlegend": row == 1, "line": {"width": 1.5, "color": COLORWAY[d % len(COLORWAY)]},
                          "hovertemplate": f"%{{y}} {esc(title)}<extra></extra>"})
-    # The rows share one time axis, so a band drawn against the first spans all of them.
-    shapes = [{"type": "rect", "xref": "x", "yref": "paper", "x0": rnd(x0, 6), "x1": rnd(x1, 6), "y0": 0, "y1": 1,
-               "fillcolor": "#0072B2", "opacity": 0.12, "line": {"width": 0}, "layer": "below"}
+    # Each band carries its ends only; the rest is the switcher's shared BAND (rounds of trials make
+    # a band per trial).
+    shapes = [{"x0": rnd(x0, 6), "x1": rnd(x1, 6)}
               for x0, x1 in measured_spans(r.samples.window_start_s if r.samples else [],
                                            r.samples.window_s if r.samples else [])]
     title = f"GPU telemetry: {esc(r.id)} (shaded: measured windows)"
@@ -164,7 +169,8 @@ def build_telemetry(ctx: Context) -> View | None:
     # A budget of numbers for the whole view keeps a 1,000-case page small; a few cases keep detail.
     max_points = max(50, min(MAX_POINTS, TELEMETRY_BUDGET // (len(shown) * (len(present) + 1))))
     base = _telemetry_layout(present)
-    spec = {"layout": base, "figures": [_telemetry_traces(r, rec, present, max_points) for r, rec in shown]}
+    spec = {"layout": base, "shapes": [BAND],
+            "figures": [_telemetry_traces(r, rec, present, max_points) for r, rec in shown]}
     caption = "" if len(cases) == len(shown) else f"The first {len(shown)} of {len(cases)} cases."
     blocks: list[Block] = [Switcher(
         ctx.new_id("switch"), "case", [f"{r.run} · {r.id}" if ctx.multi_run else r.id for r, _ in shown],

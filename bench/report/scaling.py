@@ -43,7 +43,8 @@ def build(ctx: Context) -> View | None:
             if not points:
                 continue
             colour = COLORWAY[i % len(COLORWAY)]
-            ws = [p["world_size"] for p in points]
+            sizes_here = [p["world_size"] for p in points]
+            ws = [str(w) for w in sizes_here]
             show = name not in legend_seen
             legend_seen.add(name)
             fig.add_scatter(x=ws, y=rnd_all(as_float(p.get("throughput")) for p in points), mode="lines+markers",
@@ -55,7 +56,7 @@ def build(ctx: Context) -> View | None:
             base = points[0]
             base_thr = as_float(base.get("throughput"))
             if base_thr is not None:
-                fig.add_scatter(x=ws, y=rnd_all(base_thr * w / base["world_size"] for w in ws), mode="lines",
+                fig.add_scatter(x=ws, y=rnd_all(base_thr * w / base["world_size"] for w in sizes_here), mode="lines",
                                 name="ideal (linear)", legendgroup="ideal", showlegend="ideal" not in legend_seen,
                                 line={"color": colour, "dash": "dot", "width": 1}, hoverinfo="skip", row=1, col=col)
                 legend_seen.add("ideal")
@@ -65,8 +66,11 @@ def build(ctx: Context) -> View | None:
         fig.add_hline(y=100, line={"color": "#555", "dash": "dot", "width": 1}, row=2, col=col)
         fig.update_yaxes(title_text="throughput (samples/s)" if col == 1 else None, rangemode="tozero", row=1, col=col)
         fig.update_yaxes(title_text="efficiency (%)" if col == 1 else None, rangemode="tozero", row=2, col=col)
-        fig.update_xaxes(tickvals=sizes, row=1, col=col)
-        fig.update_xaxes(title_text="world size (processes)", tickvals=sizes, row=2, col=col)
+        # World sizes are a handful of process counts, not a continuous scale: a category axis has a
+        # tick at each one measured and never at 1.5 processes (and spaces 1, 2, 4, 8 evenly).
+        categories = {"type": "category", "categoryorder": "array", "categoryarray": [str(s) for s in sizes]}
+        fig.update_xaxes(**categories, row=1, col=col)
+        fig.update_xaxes(title_text="world size (processes)", **categories, row=2, col=col)
     fig.update_layout(layout("Scaling with world size (dotted: ideal)", 640, margin={"t": 110}))
     fig.update_annotations(font={"size": 13})
     rows = [([Cell(e["run"])] if ctx.multi_run else []) + [

@@ -1,12 +1,14 @@
-"""The Summary view: what ran where, every case in one sortable and filterable table, and what
-went wrong (failed and skipped cases, collectors that recorded an error)."""
+"""The Summary view: the findings first, then what ran where, every case in one sortable and
+filterable table, and what went wrong (failed and skipped cases, collectors that recorded an error)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from bench.labels import fmt_value
+from bench.report import findings
 from bench.report.model import (
+    Block,
     Cell,
     Column,
     Context,
@@ -15,6 +17,7 @@ from bench.report.model import (
     Table,
     View,
     as_float,
+    interval_caption,
     num,
     si,
     varying_axes,
@@ -22,13 +25,15 @@ from bench.report.model import (
 
 
 def build(ctx: Context) -> View:
-    view = View("summary", "Summary", "Run metadata, the environment each run measured on, and every case.")
+    view = View("summary", "Summary", "What the results say, the run metadata, the environment each run "
+                "measured on, and every case.")
+    view.blocks.extend(findings.build(ctx))
     view.blocks.append(_runs_table(ctx))
     view.blocks.append(_environment_table(ctx))
     shared = _shared_parameters(ctx)
     if shared is not None:
         view.blocks.append(shared)
-    view.blocks.append(_results_table(ctx))
+    view.blocks.extend(_results_table(ctx))
     problems = _problem_table(ctx)
     if problems is not None:
         view.blocks.append(problems)
@@ -72,20 +77,25 @@ def _env_value(key: str, value: Any) -> str:
     return fmt_value(value)
 
 
-def _environment_table(ctx: Context) -> Table:
+def _environment_table(ctx: Context) -> Section:
     envs = [run.environment.model_dump(mode="json") for run in ctx.runs]
     keys: list[str] = []
     for env in envs:
         keys.extend(k for k in env if k not in keys)
     rows = []
+    differing = 0
     for key in keys:
         values = [_env_value(key, env.get(key)) for env in envs]
         # Where runs differ (another machine, library, commit) the comparison may not be like for like.
         cls = "differs" if len(set(values)) > 1 and key not in ("time", "hostname") else ""
+        differing += bool(cls)
         rows.append([Cell(key)] + [Cell(v, cls=cls) for v in values])
     columns = [Column("property")] + [Column(run.label) for run in ctx.runs]
-    caption = "Environment fingerprint" + (" (highlighted: differs between runs)" if ctx.multi_run else "")
-    return Table(ctx.new_id("table"), columns, rows, caption=caption)
+    # Folded: a reader looks it up, rarely reads it first; the title says whether runs differ.
+    title = "Environment fingerprint"
+    if ctx.multi_run:
+        title += f" ({differing} propert{'ies differ' if differing != 1 else 'y differs'} between runs, highlighted)"
+    return Section(title, [Table(ctx.new_id("table"), columns, rows)], open=False)
 
 
 def _shared_parameters(ctx: Context) -> Section | None:
@@ -100,16 +110,22 @@ def _shared_parameters(ctx: Context) -> Section | None:
     return Section("Parameters shared by every case", [table], open=False)
 
 
-def _results_table(ctx: Context) -> Table | Note:
+def _results_table(ctx: Context) -> list[Block]:
     if not ctx.rows:
-        return Note("No cases in these results.", cls="empty")
+        return [Note("No cases in these results.", cls="empty")]
     axes = varying_axes(ctx.rows)
+    trial_based = [r.trial_based for r in ctx.rows]
+    has_trials = any(trial_based)
+    median_help = ("median of the trial medians" if all(trial_based) else
+                   "median over the windows of one stretch" if not has_trials else
+                   "version 2: median of the trial medians; version 1: median over the windows of one stretch")
     has_cuda = any(r.metrics is not None and r.metrics.cuda_peak_allocated_mb is not None for r in ctx.rows)
     has_flops = any(r.collector("flops") for r in ctx.rows)
     columns = ([Column("run")] if ctx.multi_run else []) + [Column("case"), Column("status")]
     columns += [Column(a) for a in axes]
-    columns += [Column("throughput (samples/s)", True, "median over timing windows"),
-                Column("95% CI (samples/s)", True, "confidence interval of the median"),
+    intervals = interval_caption(ctx.rows, ctx.multi_run)
+    columns += [Column("throughput (samples/s)", True, median_help),
+                Column("95% CI (samples/s)", True, intervals),
                 Column("± CI (%)", True, "half-width of the 95% CI relative to the median"),
                 Column("step p50 (ms)", True), Column("step p95 (ms)", True),
                 Column("peak RSS (MiB)", True, "peak resident memory of the case process")]
@@ -118,7 +134,13 @@ def _results_table(ctx: Context) -> Table | Note:
     if has_flops:
         columns += [Column("FLOPs per sample", True, "forward and backward"), Column("achieved (FLOP/s)", True),
                     Column("MFU (%)", True, "model FLOPs utilisation: achieved over the device's peak")]
-    columns += [Column("windows", True), Column("notes")]
+    # The trial is the unit of a version-2 estimate; its windows matter only to version 1.
+    has_windows = not all(trial_based)
+    if has_trials:
+        columns.append(Column("trials", True, "short trials in randomized rounds the estimate rests on"))
+    if has_windows:
+        columns.append(Column("windows", True, "timed windows of the one stretch"))
+    columns.append(Column("notes"))
     rows = []
     for r in ctx.rows:
         m = r.metrics
@@ -142,12 +164,16 @@ def _results_table(ctx: Context) -> Table | Note:
             cells += [Cell(si(per_sample, "FLOP"), sort=per_sample) if per_sample is not None else Cell(""),
                       Cell(si(achieved, "FLOP/s"), sort=achieved) if achieved is not None else Cell(""),
                       num(mfu * 100 if mfu is not None else None, 2)]
-        cells.append(num(m.windows if m is not None else None, 0))
+        if has_trials:
+            cells.append(num(r.trial_count if m is not None and r.trial_based else None, 0))
+        if has_windows:
+            cells.append(num(m.windows if m is not None and not r.trial_based else None, 0))
         notes = ([r.case.error] if r.case.error else []) + r.case.warnings
         cells.append(Cell("; ".join(notes), cls="notes"))
         rows.append(cells)
-    return Table("results", columns, rows, filterable=True,
-                 caption="Results: click a column to sort, type to filter (every word must match)")
+    table = Table("results", columns, rows, filterable=True,
+                  caption="Results: click a column to sort, type to filter (every word must match)")
+    return [table, Note(intervals, cls="intervals")] if intervals else [table]
 
 
 def _problem_table(ctx: Context) -> Table | None:
