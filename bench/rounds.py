@@ -347,6 +347,8 @@ def case_result(state: CaseState) -> dict[str, Any]:
     for key in ("cuda_peak_allocated_mb", "cuda_peak_reserved_mb"):
         if key in state.final:
             metrics[key] = state.final[key]
+    collectors = state.final.get("collectors") or {}
+    _rate_from_estimate(collectors.get("flops"), est.point)
     result: dict[str, Any] = {
         "status": "ok", "error": None, "warnings": warnings + list(state.final.get("warnings") or []),
         "device": state.ready.get("device"), "metrics": metrics,
@@ -355,12 +357,30 @@ def case_result(state: CaseState) -> dict[str, Any]:
                     "window_trial": [i for i, t in enumerate(trials) for _ in t["windows"]]},
         "trials": [{k: t[k] for k in ("round", "position", "start_s", "repeat", "median", "trimmed", "drift",
                                      "stable", "windows")} for t in trials],
-        "collectors": state.final.get("collectors") or {},
+        "collectors": collectors,
     }
     for key in ("ranks", "backend"):
         if key in state.final:
             result[key] = state.final[key]
     return result
+
+
+def _rate_from_estimate(flops: dict[str, Any] | None, throughput: float) -> None:
+    """The FLOP rate and MFU of the case's reported throughput (the median over its trials), not of
+    the one trial its collectors watched; an MFU above 1 is an impossible count, never a figure."""
+    if not flops or flops.get("error") or not flops.get("flops_per_sample"):
+        return
+    flops["achieved_flops"] = flops["flops_per_sample"] * throughput
+    if flops.get("peak_flops"):
+        flops["mfu"] = flops["achieved_flops"] / flops["peak_flops"]
+        if flops["mfu"] > 1:
+            by_op = flops.get("by_op") or {}
+            top = max(by_op, key=by_op.get, default="?")  # type: ignore[arg-type]
+            for key in ("flops_per_step", "forward_flops", "backward_flops", "flops_per_sample", "achieved_flops",
+                        "peak_flops", "mfu"):
+                flops[key] = None
+            flops["error"] = (f"MFU above 1 at the case's median throughput: the count is impossible "
+                              f"(largest operator: {top})")
 
 
 def start_case(state: CaseState, start: Callable[[int], Worker], repeats: int) -> None:

@@ -9,12 +9,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
 from conftest import bench
 
 from bench.launch import Cluster, skip_reason
+from bench.records import CaseRecord
 from bench.scaling import analyze
 from bench.suite import load
 
@@ -86,23 +88,27 @@ def test_scaling_entries_give_speedup_and_efficiency_against_world_size_one(scal
     assert ("dp", 1) not in entries  # DataParallel was skipped on this machine: never reported as scaling
 
 
-def _case(mode: str, n: int, thr: float, scaling: str = "weak") -> dict:
+def _case(mode: str, n: int, thr: float, scaling: str = "weak") -> CaseRecord:
     params = {"model": {"name": "mlp"}, "optimizer": {"name": "sgd"}, "activation": "relu", "batch_size": 64,
-              "mode": mode, "world_size": n, "scaling": scaling, "lr": 0.01}
-    return {"id": f"{mode}{n}", "status": "ok", "params": params, "device": "cuda",
-            "metrics": {"throughput": {"median": thr}}}
+              "mode": mode, "world_size": n, "scaling": scaling, "lr": 0.01, "loss": "cross_entropy",
+              "data": {"name": "synthetic"}}
+    return CaseRecord.model_validate({
+        "id": f"{mode}{n}", "status": "ok", "params": params, "device": "cuda", "error": None, "warnings": [],
+        "started": "t", "duration_s": 1.0, "samples": None,
+        "metrics": {"throughput": {"median": thr, "ci95": [None, None]}, "step_time_ms": {"p50": 1.0, "p95": 1.0},
+                    "peak_rss_mb": 1.0, "threads": 1, "windows": 1, "steps": 1}})
 
 
 def test_analyze_computes_weak_and_strong_efficiency_per_mode_side_by_side() -> None:
     cases = [_case("ddp", 1, 100.0), _case("ddp", 2, 180.0), _case("ddp", 4, 320.0),
              _case("dp", 1, 100.0), _case("dp", 2, 120.0)]
-    got = {(e["mode"], e["world_size"]): e for e in analyze(cases)}
-    assert got[("ddp", 4)]["efficiency"] == pytest.approx(320 / (4 * 100))
-    assert got[("dp", 2)]["efficiency"] == pytest.approx(120 / (2 * 100))
-    assert got[("dp", 2)]["group"] == got[("ddp", 2)]["group"]
+    got = {(e.mode, e.world_size): e for e in analyze(cases)}
+    assert got[("ddp", 4)].efficiency == pytest.approx(320 / (4 * 100))
+    assert got[("dp", 2)].efficiency == pytest.approx(120 / (2 * 100))
+    assert got[("dp", 2)].group == got[("ddp", 2)].group
     # Strong scaling: t_1 / (N t_N) with t = B / thr is the same ratio.
     strong = analyze([_case("ddp", 1, 100.0, "strong"), _case("ddp", 2, 150.0, "strong")])
-    assert strong[1]["efficiency"] == pytest.approx((64 / 100) / (2 * (64 / 150)))
+    assert strong[1].efficiency == pytest.approx((64 / 100) / (2 * (64 / 150)))
 
 
 def test_skip_reason_names_missing_gpus_and_cores() -> None:
@@ -252,10 +258,19 @@ def test_a_timeout_fails_the_case_with_the_hanging_ranks_error_if_it_wrote_one(t
 
 
 def _rank_record(rank: int, collectors: dict) -> dict:
-    return {"device": "cpu", "warnings": [], "collectors": collectors,
-            "metrics": {"steps_per_window": 10, "threads": 1, "peak_rss_mb": 400.0 + rank,
-                        "step_time_ms": {"p50": 1.0}},
-            "samples": {"local_window_s": [0.01, 0.011]}}
+    """The record a writing rank starts from at the end of a case (bench.ddp_worker.run_rank)."""
+    return {"metrics": {"peak_rss_mb": 400.0 + rank, "cuda_peak_allocated_mb": None}, "collectors": collectors,
+            "warnings": []}
+
+
+def _summary(rank: int, record: dict) -> dict:
+    """A rank's summary from its session's trials and its collectors' final records."""
+    from bench.ddp_worker import _rank_summary
+
+    session = SimpleNamespace(local_window_s=[0.01, 0.011], steps_per_window=10, batch=64, device="cpu",
+                              threads=1, step_ms=[1.0], warnings=[])
+    return _rank_summary(rank, rank, session, {"peak_rss_mb": record["metrics"]["peak_rss_mb"],
+                                                "collectors": record["collectors"]})
 
 
 def _profiled(rank: int, *, pyspy_error: str | None = None, nvml_error: str = "no NVIDIA driver") -> dict:
@@ -269,10 +284,10 @@ def _profiled(rank: int, *, pyspy_error: str | None = None, nvml_error: str = "n
 
 
 def test_a_ddp_record_names_every_ranks_profiler_files_and_the_errors_only_some_ranks_met() -> None:
-    from bench.ddp_worker import _rank_summary, aggregate
+    from bench.ddp_worker import aggregate
 
     records = [_rank_record(0, _profiled(0)), _rank_record(1, _profiled(1, pyspy_error="py-spy did not start"))]
-    summaries = [_rank_summary(rank, rank, 64, rec) for rank, rec in enumerate(records)]
+    summaries = [_summary(rank, rec) for rank, rec in enumerate(records)]
     out = aggregate(records[0], summaries)
     assert out["collectors"]["torch_profiler"]["traces"] == ["profiles/c/rank0.pt.trace.json.gz",
                                                               "profiles/c/rank1.pt.trace.json.gz"]
@@ -295,10 +310,10 @@ def _nvml(rank: int, power: float, per_sample: float) -> dict:
 
 
 def test_a_ddp_record_joins_every_ranks_gpu_telemetry_into_the_cases() -> None:
-    from bench.ddp_worker import _rank_summary, aggregate
+    from bench.ddp_worker import aggregate
 
     records = [_rank_record(0, {"nvml": _nvml(0, 600.0, 0.3)}), _rank_record(1, {"nvml": _nvml(1, 400.0, 0.2)})]
-    summaries = [_rank_summary(rank, rank, 64, rec) for rank, rec in enumerate(records)]
+    summaries = [_summary(rank, rec) for rank, rec in enumerate(records)]
     nvml = aggregate(records[0], summaries)["collectors"]["nvml"]
     assert [(d["rank"], d["uuid"]) for d in nvml["devices"]] == [(0, "GPU-0"), (1, "GPU-1")]
     assert [d["rank"] for d in nvml["per_device"]] == [0, 1]
@@ -310,12 +325,12 @@ def test_a_ddp_record_joins_every_ranks_gpu_telemetry_into_the_cases() -> None:
 
 
 def test_a_ddp_record_without_one_ranks_telemetry_sums_no_power_or_energy() -> None:
-    from bench.ddp_worker import _rank_summary, aggregate
+    from bench.ddp_worker import aggregate
 
     missing = {"error": "NVML unavailable: Driver Not Loaded", "devices": None, "samples": None, "summary": None,
                "per_device": None}
     records = [_rank_record(0, {"nvml": _nvml(0, 600.0, 0.3)}), _rank_record(1, {"nvml": missing})]
-    summaries = [_rank_summary(rank, rank, 64, rec) for rank, rec in enumerate(records)]
+    summaries = [_summary(rank, rec) for rank, rec in enumerate(records)]
     out = aggregate(records[0], summaries)
     summary = out["collectors"]["nvml"]["summary"]
     assert summary["devices"] == 1 and summary["util_mean"] == 50.0
