@@ -111,6 +111,10 @@ class CaseState:
         self.error = answer.get("error") or "the case process ended without a reason"
         self.traceback = answer.get("traceback")
 
+    def elapsed(self) -> float:
+        """Seconds since the case's processes started (plus any before a resume)."""
+        return self.duration + (time.monotonic() - self.t0 if self.t0 else 0.0)
+
     def measured_s(self) -> float:
         return sum(sum(t["window_s"]) for t in self.trials)
 
@@ -281,7 +285,8 @@ def finish(state: CaseState) -> None:
         else:
             state.fail(answer)
     stop_workers(state)
-    state.duration += time.monotonic() - state.t0
+    state.duration = state.elapsed()
+    state.t0 = 0.0
 
 
 # --- the record -----------------------------------------------------------------------------------
@@ -403,7 +408,8 @@ def start_case(state: CaseState, start: Callable[[int], Worker], repeats: int) -
             state.ready = answer
     if state.status != "ok":
         stop_workers(state)
-    state.duration += time.monotonic() - state.t0
+        state.duration += time.monotonic() - state.t0
+        state.t0 = 0.0
 
 
 def seed_from(suite_seed: int | None) -> int:

@@ -204,13 +204,16 @@ def rounds_needed(trial_medians: Sequence[float], target: float,
     if n < 2:
         return None
     sd = statistics.stdev([math.log(v) for v in values])
+    z = float(ndtri(1 - (1 - confidence) / 2))
 
     def width(total: int) -> float:  # predicted relative half-width with ``total`` trials
-        low, _ = median_ci(range(total), confidence)  # 0-based rank of the lower bound
+        if total > 1000:  # the binomial's normal limit: sorting millions of ranks would take minutes
+            low = math.floor((total - z * math.sqrt(total)) / 2)
+        else:
+            low, _ = median_ci(range(total), confidence)  # 0-based rank of the lower bound
         q = float(ndtri(1 - (low + 1) / (total + 1)))
         return math.sinh(q * sd)
 
-    z = float(ndtri(1 - (1 - confidence) / 2))
     total = max(n + 1, min_trials(confidence), math.floor((z * 1.2533 * sd / target) ** 2 * 0.8))
     while width(total) > target:
         total += max(1, total // 50)
