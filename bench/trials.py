@@ -210,7 +210,7 @@ def rounds_needed(trial_medians: Sequence[float], target: float,
         if total > 1000:  # the binomial's normal limit: sorting millions of ranks would take minutes
             low = math.floor((total - z * math.sqrt(total)) / 2)
         else:
-            low, _ = median_ci(range(total), confidence)  # 0-based rank of the lower bound
+            low = int(median_ci(range(total), confidence)[0])  # 0-based rank of the lower bound
         q = float(ndtri(1 - (low + 1) / (total + 1)))
         return math.sinh(q * sd)
 
