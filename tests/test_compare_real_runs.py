@@ -1,14 +1,17 @@
 """`bench compare` on real runs of a small suite on this machine: an A/A comparison (the same code
-measured several times) raises no regression, and a slowdown planted in a user model
-(tests/planted/slowdown.py, by import path, its work scaled by BENCH_PLANTED_SLOWDOWN) is flagged
-with the case named.
+measured several times, a user model by import path: tests/planted/slowdown.py) raises no
+regression in any pair, and the CLI exits 0 on it.
+
+Whether an unpaired comparison flags a planted slowdown is not tested here: two runs made at
+different times on this drifting machine differ by more than 10% in raw throughput, and their
+intervals over trials say so, so a 10% change between them is honestly inconclusive. Detection
+belongs to paired A/B runs in one job.
 
 Timings are only comparable when nothing else competes for the CPU. Developers' machines are
 shared, so each run records the kernel's CPU pressure (/proc/pressure/cpu: the share of time some
 runnable task waited for a CPU); a run during which other work stalled the CPU more than
-``MAX_STALL``, or whose own intervals came out wider than ``MAX_CI`` (noise the counter cannot
-see), is discarded and measured again, a bounded number of times, and the test is skipped with
-the figures if the machine never became quiet. On a CI machine, where the tests are the only
+``MAX_STALL`` is discarded and measured again, a bounded number of times, and the test is skipped
+with the figures if the machine never became quiet. On a CI machine, where the tests are the only
 load, no run is discarded.
 """
 
@@ -32,9 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "tests" / "planted" / "suite.yaml"
 MAX_STALL = 0.03  # our own run stalls the CPU about 0.5% of the time; others make it 10-99%
 ATTEMPTS = 3  # per wanted run
-# Noise the PSI counter cannot see (a neighbour on the same host, frequency changes) still shows in
-# a run's own intervals: a run with a case wider than this is measured again, like a stalled one.
-MAX_CI = 0.03
 # Short cases: 0.8-1 s of windows each (at least 10 windows), one thread so the case uses one core.
 SETTINGS = ["--set", "measure.min_time=0.8", "--set", "measure.max_time=1.0"]
 
@@ -88,14 +88,9 @@ def quiet_run(tmp: Path, name: str, factor: float) -> Measured:
         if measured.stall is not None and measured.stall > MAX_STALL:
             seen.append(f"{measured.stall:.0%} during the run")
             continue
-        widest = max(c["metrics"]["throughput"]["ci_rel_half_width"] or 1.0
-                     for c in json.loads(measured.path.read_text())["cases"])
-        if widest > MAX_CI:
-            seen.append(f"a case's interval ±{widest:.1%} during the run")
-            continue
         return measured
-    pytest.skip(f"the machine is too noisy to compare timings: run {name!r} saw {', '.join(seen)} "
-                f"(limits: {MAX_STALL:.0%} CPU stall, ±{MAX_CI:.0%} interval)")
+    pytest.skip(f"the machine is too busy to compare timings: run {name!r} saw {', '.join(seen)} "
+                f"(limit: {MAX_STALL:.0%} CPU stall)")
 
 
 def test_planted_model_grows_its_depth_by_the_factor_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,19 +112,13 @@ def test_planted_model_grows_its_depth_by_the_factor_in_the_environment(monkeypa
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Measured]:
     tmp = tmp_path_factory.mktemp("real-runs")
-    # The A runs and the planted run alternate, so slow drifts of the machine hit both sides.
-    return {
-        "a1": quiet_run(tmp, "a1", 1.0),
-        "slow10": quiet_run(tmp, "slow10", 1.10),
-        "a2": quiet_run(tmp, "a2", 1.0),
-        "a3": quiet_run(tmp, "a3", 1.0),
-    }
+    return {name: quiet_run(tmp, name, 1.0) for name in ("a1", "a2", "a3")}
 
 
 def _summary(path: Path) -> str:
     doc = json.loads(path.read_text())
     return ", ".join(f"{c['id']} {c['metrics']['throughput']['median']:.0f}/s "
-                     f"±{c['metrics']['throughput']['ci_rel_half_width']:.1%} ({c['metrics']['windows']} windows)"
+                     f"±{c['metrics']['throughput']['ci_rel_half_width'] or 0:.1%} ({c['metrics']['trials']} trials)"
                      for c in doc["cases"] if c["metrics"])
 
 
@@ -144,28 +133,11 @@ def test_unchanged_code_measured_three_times_shows_no_regression_in_any_pair(run
 
 
 @pytest.mark.slow
-def test_a_planted_ten_percent_slowdown_is_flagged_as_regression_naming_each_case(runs: dict[str, Measured]) -> None:
-    for base in ("a1", "a2"):
-        result = compare_runs(load_run(runs[base].path), load_run(runs["slow10"].path))
-        verdicts = {r.case_id: r.verdict for r in result.rows}
-        assert verdicts == {"sgd": "regression", "adam": "regression"}, (
-            "; ".join(r.message for r in result.rows) + f" [{base}: {_summary(runs[base].path)}; "
-            f"slow10: {_summary(runs['slow10'].path)}]")
-        for row in result.rows:
-            assert -0.15 < row.change < -0.05  # 1 - 1/1.10 = 9% less work done per second
-            assert row.message.startswith(f"Regression: case {row.case_id!r}: throughput fell by ")
-
-
-@pytest.mark.slow
-def test_compare_cli_exits_one_on_the_planted_slowdown_and_zero_on_a_rerun(runs: dict[str, Measured],
+def test_compare_cli_exits_zero_on_a_rerun_and_says_the_runs_are_unpaired(runs: dict[str, Measured],
                                                                          tmp_path: Path) -> None:
-    def cli(new: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bench", "compare", str(runs["a1"].path), str(runs[new].path),
-                               "--markdown", str(tmp_path / f"{new}.md")], capture_output=True, text=True)
-
-    slow = cli("slow10")
-    assert slow.returncode == 1, slow.stdout + slow.stderr
-    assert "Regression: case 'sgd': throughput fell by" in " ".join(slow.stdout.split())
-    assert "🔴 **2 regression(s)**" in (tmp_path / "slow10.md").read_text()
-    same = cli("a2")
+    same = subprocess.run([sys.executable, "-m", "bench", "compare", str(runs["a1"].path), str(runs["a2"].path),
+                           "--markdown", str(tmp_path / "a2.md")], capture_output=True, text=True)
     assert same.returncode == 0, same.stdout + same.stderr
+    summary = (tmp_path / "a2.md").read_text()
+    assert "✅ **no regression**" in summary
+    assert "The runs are unpaired" in summary and "trials" in summary
