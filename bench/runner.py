@@ -1,7 +1,8 @@
-"""Schedule the cases of a suite, each in its own process, with a timeout, and save results after
-every case.
+"""Run a suite: start every case in a process of its own, measure them in randomized rounds of
+trials (``bench.rounds``), and save results after every round and every finished case; resume an
+interrupted run; on nodes other than node 0, run this node's ranks of each ddp case.
 
-Why a fresh process per case: no state (allocator caches, thread pools, cuDNN autotuning, a user's
+Why a process of its own per case: no state (allocator caches, thread pools, cuDNN autotuning, a user's
 global variables) leaks from one case into the next, and a crash or a hang costs one case. Why a
 forkserver with torch preloaded: the fork is cheap (tens of milliseconds) where a new interpreter
 would import torch again (about 1.5 s here).
