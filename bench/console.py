@@ -98,8 +98,6 @@ def print_results(records: list[CaseRecord]) -> None:
 
 def print_effects(effects: list[EffectRecord]) -> None:
     """Each swept parameter's paired effect against its baseline value, with its interval."""
-    from bench.effects import describe
-
     if not effects:
         return
     table = Table(title="effects (each value against the first, other parameters equal, paired within rounds)")
@@ -114,7 +112,11 @@ def print_effects(effects: list[EffectRecord]) -> None:
             table.add_row(escape(e.parameter), escape(e.value), escape(e.baseline), f"{(e.ratio - 1) * 100:+.1f}%",
                           f"{(e.low - 1) * 100:+.1f}% to {(e.high - 1) * 100:+.1f}%", str(e.rounds), str(e.pairs))
         if e.missing:
-            notes.append(describe(e) if e.ratio is None else f"{e.parameter}={e.value}: " + "; ".join(e.missing))
+            # A case added by an include has no counterpart in most cells: name two, count the rest.
+            shown = "; ".join(e.missing[:2]) + (f"; and {len(e.missing) - 2} more" if len(e.missing) > 2 else "")
+            head = f"{e.parameter}: {e.value} vs {e.baseline}: no paired figure" if e.ratio is None else \
+                f"{e.parameter}={e.value}: unpaired cells"
+            notes.append(f"{head} ({shown})")
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)
