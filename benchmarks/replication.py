@@ -3,6 +3,7 @@
     python benchmarks/replication.py replication [--runs 2] [--max-time 8]
     python benchmarks/replication.py coverage [--runs 10] [--max-time 5]
     python benchmarks/replication.py cost [SUITE ...] [--before REV]
+    python benchmarks/replication.py compare [--runs 3] [--max-time 3]
 
 replication: a suite of six identical cases (a 40-layer MLP, only the seed differs) and one with
 about 10% more work (44 layers), run ``--runs`` times. Per run: in how many of the 15 pairs of
@@ -14,6 +15,11 @@ interval contains the median of all the runs' medians (run-to-run replication of
 
 cost: the wall time of each suite with this code and with the code at ``--before`` (a git
 revision, checked out into a temporary worktree), interleaved, one run each.
+
+compare: `bench compare` (unpaired, its default rule throughput:-5%) on real runs of the planted
+two-case suite (tests/planted/suite.yaml), ``--runs`` runs of unchanged code and as many with 10%
+more work, alternating: A/A false alarms over every ordered pair of unchanged runs, and how often
+each slowed run is flagged against each unchanged one.
 
 Prints JSON; asserts nothing. The machine must be otherwise idle.
 """
@@ -128,6 +134,33 @@ def coverage(runs: int, max_time: float) -> dict[str, Any]:
             "half_width_pct": [round((hi - lo) / 2 / m * 100, 1) for m, lo, hi in found]}
 
 
+def compare_runs_planted(runs: int, max_time: float) -> dict[str, Any]:
+    from bench.compare import compare_runs
+    from bench.results import load_run
+
+    suite = ROOT / "tests" / "planted" / "suite.yaml"
+    paths: dict[str, list[Path]] = {"a": [], "slow": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(runs):
+            for kind, factor in (("a", "1.0"), ("slow", "1.10")):
+                out = Path(tmp) / f"{kind}{i}"
+                env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_PLANTED_SLOWDOWN": factor}
+                subprocess.run([sys.executable, "-m", "bench", "run", str(suite), "--out", str(out), "--quiet",
+                                "--no-report", "--set", f"measure.max_time={max_time}",
+                                "--set", f"measure.min_time={max_time / 2}"],
+                               cwd=ROOT, check=True, capture_output=True, env=env)
+                paths[kind].append(out)
+        verdicts: dict[str, list[str]] = {"aa": [], "slowed": []}
+        for base, new in ((x, y) for x in paths["a"] for y in paths["a"] if x != y):
+            verdicts["aa"] += [r.verdict for r in compare_runs(load_run(base), load_run(new)).rows]
+        for base in paths["a"]:
+            for new in paths["slow"]:
+                verdicts["slowed"] += [r.verdict for r in compare_runs(load_run(base), load_run(new)).rows]
+    count = lambda vs: {v: vs.count(v) for v in ("regression", "improvement", "inconclusive", "unchanged")}  # noqa: E731
+    return {"runs_each": runs, "aa_case_comparisons": count(verdicts["aa"]),
+            "slowed_case_comparisons": count(verdicts["slowed"])}
+
+
 def cost(suites: list[str], before: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +186,7 @@ def cost(suites: list[str], before: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["replication", "coverage", "cost"])
+    parser.add_argument("what", choices=["replication", "coverage", "cost", "compare"])
     parser.add_argument("suites", nargs="*", default=["suites/smoke.yaml", "suites/cnn.yaml", "suites/mlp.yaml"])
     parser.add_argument("--runs", type=int)
     parser.add_argument("--max-time", type=float)
@@ -163,6 +196,8 @@ if __name__ == "__main__":
         result = replication(args.runs or 2, args.max_time or 8.0)
     elif args.what == "coverage":
         result = coverage(args.runs or 10, args.max_time or 5.0)
+    elif args.what == "compare":
+        result = compare_runs_planted(args.runs or 3, args.max_time or 3.0)
     else:
         result = cost(args.suites, args.before)
     print(json.dumps(result, indent=1))
