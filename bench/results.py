@@ -131,7 +131,7 @@ class ResultsWriter:
         self.doc.cases.append(case)
         self.flush()
 
-    def put(self, case: CaseRecord, rounds: RoundsInfo | None = None) -> None:
+    def put(self, case: CaseRecord) -> None:
         """Add a case, or replace the record of a case of the same id (its trials so far)."""
         cases = self.doc.cases
         index = next((i for i, c in enumerate(cases) if c.id == case.id), None)
@@ -139,8 +139,6 @@ class ResultsWriter:
             cases.append(case)
         else:
             cases[index] = case
-        if rounds is not None:
-            self.doc.rounds = rounds
         self.flush()
 
     def finish(self, status: Literal["complete", "interrupted"] = "complete",

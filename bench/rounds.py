@@ -223,17 +223,7 @@ def done_reason(state: CaseState) -> str | None:
     return "target_ci" if stats.target_met(est, m.target_ci) else None
 
 
-@dataclass
-class RoundsLog:
-    """The rounds of a run as results.json records them."""
-
-    seed: int
-    orders: list[list[str]] = field(default_factory=list)
-    completed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "completed": self.completed, "orders": self.orders,
-                "estimator": "median of trial medians; 95% order-statistic interval over trials"}
+ESTIMATOR = "median of trial medians; 95% order-statistic interval over trials"
 
 
 def trial_record(answer: dict[str, Any], round_: int, position: int, origin: float, repeat: int) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from bench.processes import kill_tree
 from bench.records import CaseRecord, EffectRecord, Environment, ResultsDoc, RoundsInfo, SuiteInfo, finite
 from bench.results import ResultsWriter, describe_validation, now, prepare_output
 from bench.rounds import (
+    ESTIMATOR,
     GROUP_SIZE,
     CaseState,
-    RoundsLog,
     Worker,
     case_result,
     done_reason,
@@ -322,11 +322,12 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
         env = previous.environment
         if previous.rounds is not None:
             seed, completed = previous.rounds.seed, previous.rounds.completed
-    log = RoundsLog(seed=seed, completed=completed,
-                    orders=list(previous.rounds.orders) if previous is not None and previous.rounds else [])
+    # The run's rounds as results.json records them; the writer holds this one record.
+    log = RoundsInfo(seed=seed, completed=completed, estimator=ESTIMATOR,
+                     orders=list(previous.rounds.orders) if previous is not None and previous.rounds else [])
     writer = ResultsWriter(out_dir, suite=SuiteInfo(name=suite.name, path=suite.path, source=suite.source),
                            environment=env, run=run_info, cases=[*done, *partial.values()],
-                           rounds=RoundsInfo.model_validate(log.as_dict()))
+                           rounds=log)
     outcome = RunOutcome(out_dir=out_dir, results_path=writer.path, records=list(done))
     finished = {c.id: c for c in done}
     states = [CaseState(c, logs / f"{c.id}.log") for c in suite.cases if c.id not in finished]
@@ -344,7 +345,7 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
 
     def save(state: CaseState) -> CaseRecord:
         record = _record_of(state, out_dir)
-        writer.put(record, RoundsInfo.model_validate(log.as_dict()))
+        writer.put(record)
         return record
 
     def close(state: CaseState) -> None:
@@ -379,7 +380,7 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
 
 
 def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cluster: Cluster, env: Environment,
-               log: RoundsLog, origin: float, obs: Observer, save: Callable[[CaseState], CaseRecord],
+               log: RoundsInfo, origin: float, obs: Observer, save: Callable[[CaseState], CaseRecord],
                close: Callable[[CaseState], None]) -> None:
     """Start the group's case processes, run its rounds, its collector round, and finish it."""
     live: list[CaseState] = []
