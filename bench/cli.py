@@ -107,10 +107,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewer raw samples than this on either side gives 'inconclusive' (default 5)")
     p.add_argument("--strict-env", action="store_true",
                    help="exit 2 when the environments' fingerprints differ (default: warn)")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="noise floor from `bench aa --save FILE` (default: estimated from the runs' own trials)")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (CI step summary, PR comment)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every verdict as JSON")
     p.add_argument("--html", type=Path, metavar="FILE", help="write the HTML report with the comparison view")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ab", help="measure two versions of your code in alternation; exit 1 on a confirmed regression",
+                       description="Run every case of a suite on two sides (a directory, or a git revision of the "
+                                   "repository bench runs in), in pairs of short measurements back to back, so "
+                                   "the machine's drift cancels within each pair. Each case ends unchanged, "
+                                   "regression, improvement (confirmed by fresh pairs) or inconclusive. "
+                                   "Exit 0: no regression, 1: a confirmed regression or a case the new side "
+                                   "broke, 2: bad input (nothing run).")
+    _suite_args(p)
+    p.add_argument("--base", required=True, metavar="SIDE", help="the baseline: a directory or a git revision")
+    p.add_argument("--new", required=True, metavar="SIDE", help="the code under test: a directory or a git revision")
+    _ab_args(p)
+    p.set_defaults(func=cmd_ab, kind="ab")
+
+    p = sub.add_parser("aa", help="calibrate: the same code on both sides (false alarms and noise floor)",
+                       description="bench ab with the same side twice: how often this machine would flag a "
+                                   "change that is not there, and how large a change it can resolve. With "
+                                   "--save, the noise floor is kept for `bench compare --calibration`.")
+    _suite_args(p)
+    p.add_argument("--side", default=".", metavar="SIDE", help="the code on both sides (default: this directory)")
+    p.add_argument("--save", type=Path, metavar="FILE", help="write the calibration (noise floor per case) as JSON")
+    _ab_args(p)
+    p.set_defaults(func=cmd_ab, kind="aa")
 
     p = sub.add_parser("history", help="plot every case's throughput over many runs, with change points",
                        description="Find results.json files under a folder, order them by time, and write one "
@@ -123,6 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     _plotlyjs_arg(p)
     p.set_defaults(func=cmd_history)
     return parser
+
+
+def _ab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="output folder (default: a new folder under reports/)")
+    p.add_argument("--only", metavar="PATTERN", help="run only cases whose id matches this glob (or contains it)")
+    p.add_argument("--base-python", default=sys.executable, metavar="PYTHON",
+                   help="interpreter of the base side's case processes (default: this one)")
+    p.add_argument("--new-python", default=sys.executable, metavar="PYTHON",
+                   help="interpreter of the new side's case processes (default: this one)")
+    p.add_argument("--threshold", type=float, metavar="PCT",
+                   help="changes smaller than this many percent are 'unchanged' (default 3)")
+    p.add_argument("--max-pairs", type=int, metavar="N", help="pairs per case and set before 'inconclusive' (default 400)")
+    p.add_argument("--max-time", type=float, metavar="S",
+                   help="measured seconds per case and set before 'inconclusive' (default 40)")
+    p.add_argument("--min-pairs", type=int, metavar="N", help="pairs before the first look (default 20)")
+    p.add_argument("--no-confirm", action="store_true", help="do not confirm a flagged case with fresh pairs")
+    p.add_argument("--order-seed", type=int, metavar="N", help="seed of the pairs' order (default: fresh; recorded)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _version() -> str:
@@ -306,9 +349,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from bench import compare
     from bench.results import load_runs
 
+    calibration = None
+    if args.calibration is not None:
+        from bench import calibration as calibration_mod
+
+        calibration = calibration_mod.load(args.calibration)
     base, new = load_runs([args.base, args.new])
     comparison = compare.compare_runs(base, new, args.fail_on, alpha=args.alpha, correction=args.correction,
-                                      min_samples=args.min_samples)
+                                      min_samples=args.min_samples, calibration=calibration)
     compare.print_comparison(comparison)
     if args.markdown:
         compare.write_markdown(comparison, args.markdown)
@@ -320,6 +368,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
         write_report([base, new], args.html, comparisons=[comparison])
     compare.check_environment(comparison, strict=args.strict_env)
     return EXIT_FAILED if comparison.regressions else EXIT_OK
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from bench import ab, console, sides, userpath
+    from bench import suite as suite_mod
+
+    threshold = None if args.threshold is None else args.threshold / 100
+    settings = ab.settings_from(args.order_seed, threshold=threshold, max_pairs=args.max_pairs,
+                                max_time=args.max_time, min_pairs=args.min_pairs,
+                                confirm=False if args.no_confirm else None)
+    base_spec, new_spec = (args.side, args.side) if args.kind == "aa" else (args.base, args.new)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    with sides.open_sides(base_spec, new_spec, base_python=args.base_python, new_python=args.new_python) as (base, new):
+        # The suite must hold on both sides (its models import from each side's code) before
+        # anything runs; the cases are the same on both, from the one suite file.
+        loaded = []
+        for side in (base, new):
+            with userpath.side(side.directory):
+                loaded.append(suite_mod.load(args.suite, args.overrides).select(args.only))
+        suite = loaded[0]
+        out_dir: Path = args.out or _default_out(f"{suite.name}-{args.kind}")
+        try:
+            outcome = ab.run_ab(suite, base, new, out_dir, settings, argv=sys.argv, overrides=args.overrides,
+                                only=args.only, kind=args.kind, observer=console.ABObserver(enabled=not args.quiet))
+        except ab.Interrupted as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    console.print_ab(outcome.doc)
+    print(f"results: {out_dir / ab.AB_NAME}")
+    print(f"report:  {out_dir / 'ab.html'}")
+    if args.kind == "aa" and args.save is not None:
+        from bench import calibration
+
+        path = calibration.save(outcome.doc, out_dir, args.save)
+        print(f"calibration: {path}")
+    if args.kind == "aa":
+        return EXIT_OK
+    return EXIT_FAILED if outcome.regressions or outcome.broken else EXIT_OK
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -14,6 +14,12 @@ Verdicts, for a rule such as ``throughput:-5%`` (``bench.rules``):
                 data cannot tell whether the true change crosses it;
   unchanged     the CI lies strictly inside the thresholds (e.g. between -5% and +5%): whether
                 or not the change is significant, it is smaller than the rule cares about.
+A regression or improvement no larger than the *noise floor* is inconclusive instead: two runs made
+at different times differ by the machine's drift between them, which no test on the runs' own
+samples can see. The floor comes from ``bench aa`` (``--calibration``, ``bench.calibration``) or,
+without one, from the runs themselves: how far a case's trial medians spread within each run
+(p90/p10 - 1), since the drift between two runs minutes apart is of the same kind. ``bench ab``
+pairs the two versions in one job and is not limited by it.
 Metrics stored as one value per case (``peak_rss_mb``...) have no samples to test: their change is
 a plain ratio, judged against the threshold alone (regression / improvement / unchanged).
 
@@ -42,6 +48,8 @@ from bench.rules import Rule, pct, resolve_rules
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from bench.calibration import CalibrationDoc
 
 Verdict = Literal["regression", "improvement", "unchanged", "inconclusive"]
 Correction = Literal["bh", "holm", "none"]
@@ -79,6 +87,7 @@ class MetricComparison:
     n_new: int = 0
     p_raw: float | None = None
     unit: str = "trials"  # what one sample is: a trial in rounds, or a window of one stretch (version 1)
+    noise_floor: float | None = None  # changes within it cannot be told from drift between the runs
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,7 @@ class Comparison:
     correction: Correction = "bh"
     base_env: Environment | None = None
     new_env: Environment | None = None
+    floor_source: str = "the runs' own trials"
 
     def with_verdict(self, verdict: Verdict) -> list[MetricComparison]:
         return [r for r in self.rows if r.verdict == verdict]
@@ -249,6 +259,7 @@ class _Pending:
     n_new: int
     pair: int | None  # index into the sample pairs, None for a single-value metric
     unit: str = "value"
+    floor: float | None = None
 
 
 def _inconclusive(case_id: str, rule: Rule, why: str, base: float = math.nan, new: float = math.nan,
@@ -259,7 +270,8 @@ def _inconclusive(case_id: str, rule: Rule, why: str, base: float = math.nan, ne
 
 
 def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, n_case: CaseRecord,
-             min_samples: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> MetricComparison | _Pending:
+             min_samples: int, pairs: list[tuple[np.ndarray, np.ndarray]],
+             calibration: CalibrationDoc | None = None) -> MetricComparison | _Pending:
     """The values of one metric of one case, or a finished row when they cannot be tested; sample
     pairs to test are appended to ``pairs``."""
     for case, run in ((b_case, base), (n_case, new)):
@@ -287,14 +299,30 @@ def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, 
         return _inconclusive(case_id, rule, f"has too few {rule.metric} {unit} to test ({n[0]} in {base.label}, "
                                             f"{n[1]} in {new.label}; need {min_samples})", b_value, n_value, n)
     pairs.append((b_samples, n_samples))
-    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1, unit)
+    floor = calibration.floor(case_id) if calibration is not None else own_floor(b_case, n_case)
+    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1, unit, floor)
+
+
+def own_floor(*cases: CaseRecord) -> float | None:
+    """The noise floor from the runs themselves: the largest p90/p10 - 1 of a case's trial medians
+    within one run (at least 5 trials); None without trials (version-1 results)."""
+    from bench.calibration import spread
+
+    found = [spread([t.median for t in c.trials or []], block=1) for c in cases]
+    known = [f for f in found if f is not None]
+    return max(known) if known else None
+
+
+def _within_floor(verdict: Verdict, change: float, floor: float | None) -> bool:
+    return verdict in ("regression", "improvement") and floor is not None and abs(change) <= floor
 
 
 def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None, *, alpha: float = ALPHA,
                  correction: Correction = "bh", min_samples: int = MIN_SAMPLES, resamples: int = RESAMPLES,
-                 seed: int = SEED) -> Comparison:
+                 seed: int = SEED, calibration: CalibrationDoc | None = None) -> Comparison:
     """Compare every case the two runs share, for every rule's metric (default: throughput:-5%).
-    Raises UsageError when they share no case."""
+    A change within the noise floor (module docstring) is inconclusive. Raises UsageError when
+    they share no case."""
     chosen = resolve_rules(rules)
     base_cases = {c.id: c for c in base.cases}
     new_cases = {c.id: c for c in new.cases}
@@ -307,12 +335,15 @@ def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None,
     # Values first; the tests run on all sample pairs at once, and verdicts wait for the correction
     # across every test.
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    prepared = [_prepare(case_id, rule, base, new, base_cases[case_id], new_cases[case_id], min_samples, pairs)
+    prepared = [_prepare(case_id, rule, base, new, base_cases[case_id], new_cases[case_id], min_samples, pairs,
+                         calibration)
                 for case_id in common for rule in chosen]
     raw = mann_whitney(pairs)
     adjusted = adjust(raw, correction)
     cis = ratio_cis(pairs, resamples, seed)
     name = CORRECTION_NAMES[correction]
+    source = (f"`bench aa` calibration of {calibration.created[:10]}" if calibration is not None
+              else "the spread of the runs' own trials")
     rows = []
     for item in prepared:
         if isinstance(item, MetricComparison):
@@ -322,13 +353,20 @@ def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None,
         ci, p, p_raw = (cis[k], adjusted[k], raw[k]) if k is not None else (None, None, None)
         change = item.new / item.base - 1
         verdict = judge(item.rule, change, ci, p, alpha)
+        message = _message(verdict, item.rule, item.case_id, item.base, item.new, change, ci, p, name)
+        if _within_floor(verdict, change, item.floor):
+            assert item.floor is not None
+            seen = item.rule.observation(item.case_id, item.base, item.new, change, ci, p, name)
+            verdict = "inconclusive"
+            message = (f"Inconclusive: {seen}; within the noise floor of ±{item.floor:.1%} between runs made at "
+                       f"different times ({source}), so the runs cannot tell it from the machine's drift; "
+                       f"`bench ab` measures both versions in pairs and can.")
         rows.append(MetricComparison(
-            item.case_id, item.rule.metric, item.base, item.new, change, ci, p, verdict,
-            _message(verdict, item.rule, item.case_id, item.base, item.new, change, ci, p, name),
-            str(item.rule), item.n_base, item.n_new, p_raw, item.unit))
+            item.case_id, item.rule.metric, item.base, item.new, change, ci, p, verdict, message,
+            str(item.rule), item.n_base, item.n_new, p_raw, item.unit, item.floor))
     return Comparison(base.label, new.label, rows, added, removed,
                       differences(base.environment, new.environment), chosen, alpha, correction,
-                      base.environment, new.environment)
+                      base.environment, new.environment, source)
 
 
 def _few(ids: list[str], limit: int = 5) -> str:
@@ -360,6 +398,8 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "rules": [str(r) for r in comparison.rules],
         "alpha": comparison.alpha,
         "correction": comparison.correction,
+        "paired": False,
+        "floor_source": comparison.floor_source,
         "counts": comparison.counts(),
         "regression": bool(comparison.regressions),
         "added": comparison.added,
@@ -420,14 +460,19 @@ def to_markdown(comparison: Comparison) -> str:
     counts = c.counts()
     outcome = (f"🔴 **{counts['regression']} regression(s)**" if counts["regression"] else "✅ **no regression**")
     rest = ", ".join(f"{n} {v}" for v, n in counts.items() if v != "regression" and n)
-    lines = [f"## bench compare: `{_md(c.base_label)}` → `{_md(c.new_label)}`", "",
+    floors = [r.noise_floor for r in c.rows if r.noise_floor is not None]
+    floor_text = (f" The smallest change these runs can detect is their noise floor, ±{min(floors):.1%} to "
+                  f"±{max(floors):.1%} by case (from {c.floor_source}): a change within it is inconclusive, "
+                  f"whatever the test says. `bench ab` pairs the versions in one job and resolves smaller ones."
+                  if floors else "")
+    lines = [f"## bench compare (unpaired): `{_md(c.base_label)}` → `{_md(c.new_label)}`", "",
              f"{outcome}" + (f" ({rest})" if rest else ""), "",
              f"Rules: {', '.join(f'`{r}`' for r in c.rules)}; a change is a regression when it is significant "
              f"(Mann-Whitney U, {CORRECTION_NAMES[c.correction]}-corrected p < {c.alpha:g}), its 95% bootstrap "
              f"CI of the ratio of medians excludes 0, and it is at least the threshold. The runs are unpaired "
              f"(made at different times); each test's samples are the cases' trials"
              + (", or for version-1 results the windows of one stretch, which understate run-to-run noise"
-                if any(r.unit == "windows" for r in c.rows) else "") + "."
+                if any(r.unit == "windows" for r in c.rows) else "") + "." + floor_text
              + "".join(f" `{r.metric}` has one value per run and is judged by the ratio alone."
                        for r in c.rules if r.spec.samples_key is None), ""]
     if c.env_differences:
@@ -469,7 +514,7 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
     err = Console(stderr=True)
     for diff in comparison.env_differences:
         err.print(f"[bold yellow]warning:[/] environments differ: {escape(diff)}", highlight=False, soft_wrap=True)
-    table = Table(title=f"{escape(comparison.base_label)} → {escape(comparison.new_label)}")
+    table = Table(title=f"{escape(comparison.base_label)} → {escape(comparison.new_label)} (unpaired)")
     for col, justify in [("case", "left"), ("metric", "left"), ("base", "right"), ("new", "right"),
                          ("change", "right"), ("95% CI", "right"), ("p", "right"), ("verdict", "left")]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -485,5 +530,9 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
         out.print(f"added (only in {escape(comparison.new_label)}): {escape(', '.join(comparison.added))}")
     if comparison.removed:
         out.print(f"removed (only in {escape(comparison.base_label)}): {escape(', '.join(comparison.removed))}")
+    floors = [r.noise_floor for r in comparison.rows if r.noise_floor is not None]
+    if floors:
+        out.print(f"unpaired runs: changes within the noise floor (±{min(floors):.1%} to ±{max(floors):.1%}, from "
+                  f"{comparison.floor_source}) are inconclusive; bench ab resolves smaller ones", highlight=False)
     counts = comparison.counts()
     out.print(", ".join(f"{n} {v}" for v, n in counts.items()), highlight=False)

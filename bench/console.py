@@ -123,3 +123,50 @@ def print_effects(effects: list[EffectRecord]) -> None:
     out.print(table)
     for note in notes:
         out.print(escape(note), style="yellow", highlight=False, soft_wrap=True)
+
+
+class ABObserver:
+    """``bench ab``'s progress on stderr: a line when a case starts and now and then while its
+    pairs run (with the interval so far), and its verdict when it ends."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def case_started(self, case: Case, index: int, total: int) -> None:
+        if self.enabled:
+            _err.print(f"[{index + 1}/{total}] {escape(case.id)}: starting both sides", highlight=False)
+
+    def pair_finished(self, case: Case, stage: str, n: int, stats: Any) -> None:
+        if self.enabled and stats is not None:
+            _err.print(f"    {stage}: {stats.describe()}", highlight=False, markup=False)
+
+    def case_finished(self, case: Case, record: Any) -> None:
+        if self.enabled:
+            style = _AB_STYLE.get(record.verdict, "")
+            _err.print(f"[{style}]{record.verdict:>12}[/] {escape(case.id)}: {escape(record.message)}",
+                       highlight=False, soft_wrap=True)
+
+
+_AB_STYLE = {"regression": "bold red", "improvement": "green", "unchanged": "green", "inconclusive": "yellow",
+             "failed": "bold red", "skipped": "yellow"}
+
+
+def print_ab(doc: Any) -> None:
+    """The verdicts of an A/B run as a table on stdout."""
+    from bench.report.ab import headline
+
+    s = doc.settings
+    table = Table(title=f"{doc.kind}: {headline(doc)} (threshold ±{s.threshold:.1%}, {s.confidence:.0%} intervals)")
+    for col, justify in [("case", "left"), ("verdict", "left"), ("change new/base", "right"), ("interval", "right"),
+                         ("pairs", "right"), ("adj. p", "right")]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for c in doc.cases:
+        change = "-" if c.ratio is None else f"{(c.ratio - 1) * 100:+.1f}%"
+        interval = "-" if c.low is None or c.high is None else \
+            f"{(c.low - 1) * 100:+.1f}% to {(c.high - 1) * 100:+.1f}%"
+        table.add_row(escape(c.id), f"[{_AB_STYLE.get(c.verdict, '')}]{c.verdict}[/]", change, interval,
+                      str(c.pairs), "-" if c.p_adjusted is None else f"{c.p_adjusted:.2g}")
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)
+    out.print(table)

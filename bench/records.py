@@ -359,6 +359,93 @@ class ResultsDoc(Record):
         return self.schema_version >= 2
 
 
+# --- bench ab ---------------------------------------------------------------------------------
+
+
+class SideRecord(Record):
+    """One side of an A/B run: which code, which interpreter."""
+
+    label: Literal["base", "new"]
+    spec: str = Field(description="What `--base`/`--new` named: a directory or a git revision.")
+    directory: str = Field(description="The case processes' working directory, first on their import path.")
+    revision: str | None = Field(default=None, description="The commit, when the side is a git revision.")
+    python: str = Field(description="The interpreter of its case processes.")
+    python_version: str | None = None
+    torch: str | None = None
+
+
+class StageRecord(Record):
+    """One set of pairs: the first, or the fresh set that confirms a flagged case."""
+
+    kind: Literal["initial", "confirmation"]
+    pairs: int = Field(ge=0, description="Pairs measured in this set.")
+    trimmed: int = Field(ge=0, description="Leading pairs dropped as warm-up.")
+    answer: Literal["unchanged", "regression", "improvement"] | None = Field(
+        description="What this set alone says; null when its budget ran out undecided.")
+    ratio: Positive | None = Field(description="Throughput new/base: Hodges-Lehmann over this set's pairs.")
+    low: Positive | None = None
+    high: Positive | None = None
+    p: float | None = Field(default=None, ge=0, le=1, description="Wilcoxon signed-rank test of no change.")
+    sd: NonNeg | None = Field(default=None, description="Standard deviation of one pair's log ratio.")
+    stop_reason: Literal["answer", "max_pairs", "max_time"]
+    measured_s: NonNeg = Field(description="Seconds both sides were measured in this set.")
+
+
+ABVerdict = Literal["unchanged", "regression", "improvement", "inconclusive", "failed", "skipped"]
+
+
+class ABCaseRecord(Record):
+    """One case of an A/B run: its pairs, in time order, and the verdict they support."""
+
+    id: str
+    params: Params
+    verdict: ABVerdict
+    message: str = Field(description="The verdict in a sentence, with the number of pairs it rests on.")
+    error: str | None = Field(default=None, description="Why a case failed or was skipped, naming the side.")
+    ratio: Positive | None = Field(default=None, description="Throughput new/base over every pair counted.")
+    low: Positive | None = None
+    high: Positive | None = None
+    confidence: float | None = Field(default=None, gt=0, lt=1)
+    p: float | None = Field(default=None, ge=0, le=1, description="Wilcoxon signed-rank p over every pair counted.")
+    p_adjusted: float | None = Field(default=None, ge=0, le=1, description="Benjamini-Hochberg across the run's cases.")
+    pairs: int = Field(default=0, ge=0, description="Pairs counted (warm-up excluded).")
+    detectable: NonNeg | None = Field(
+        default=None, description="Inconclusive: the smallest change these pairs could have flagged (0.05 = 5%).")
+    pairs_needed: int | None = Field(default=None, ge=0, description="Inconclusive: about how many pairs would settle it.")
+    stages: list[StageRecord] = Field(default_factory=list)
+    log_ratios: list[float] = Field(default_factory=list, description="log(new/base) of every pair, in time order.")
+    base_first: list[bool] = Field(default_factory=list, description="Whether the base side ran first, per pair.")
+    stage_of_pair: list[int] = Field(default_factory=list, description="Index into `stages` of each pair.")
+    counted: list[bool] = Field(default_factory=list, description="Whether each pair counts (not warm-up).")
+    pair_start_s: list[float] = Field(default_factory=list, description="When each pair started, seconds after the first.")
+
+
+class ABSettings(Record):
+    threshold: Positive = Field(description="Changes smaller than this are `unchanged` (0.03 = 3%).")
+    confidence: float = Field(gt=0, lt=1)
+    min_pairs: int = Field(ge=2)
+    check_every: int = Field(ge=1)
+    max_pairs: int = Field(ge=2, description="Per set of pairs (the first, and a confirmation).")
+    max_time: Positive = Field(description="Measured seconds per set of pairs, both sides together.")
+    half_windows: int = Field(ge=1, description="Windows in each half of a pair.")
+    confirm: bool
+    order_seed: int
+
+
+class ABDoc(Record):
+    """``ab.json``: what ``bench ab`` (or ``bench aa``) measured and concluded."""
+
+    schema_version: Literal[1] = 1
+    kind: Literal["ab", "aa"] = Field(description="`aa`: both sides the same code (a calibration).")
+    suite: SuiteInfo
+    run: RunInfo
+    environment: Environment
+    base: SideRecord
+    new: SideRecord
+    settings: ABSettings
+    cases: list[ABCaseRecord]
+
+
 def finite(value: Any) -> Any:
     """JSON has no NaN or Infinity: store them as null so every reader can parse the file."""
     if isinstance(value, float) and not math.isfinite(value):

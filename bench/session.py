@@ -72,15 +72,16 @@ class CaseSession:
                 "warmup_s": cal.warmup_seconds, "steps_per_window": cal.steps_per_window,
                 "batch_per_process": self.batch, "warnings": list(self.warnings)}
 
-    def trial(self, seconds: float, collect: bool) -> dict[str, Any]:
-        """Windows of steps for ``seconds``; with ``collect``, the collectors watch this trial
-        (memory and GPU samplers, the window times FLOPs are divided by). On a GPU that trial lasts
-        at least ten NVML sampling intervals, so the telemetry has samples to summarise."""
+    def trial(self, seconds: float, collect: bool, windows: int | None = None) -> dict[str, Any]:
+        """Windows of steps for ``seconds`` (and at least ``windows`` of them: ``measure.min_windows``
+        unless given; ``bench ab`` asks for exactly a few); with ``collect``, the collectors watch
+        this trial (memory and GPU samplers, the window times FLOPs are divided by). On a GPU that
+        trial lasts at least ten NVML sampling intervals, so the telemetry has samples to summarise."""
         if collect and self.cuda:
             seconds = max(seconds, 10 * self.params.nvml_interval)
         measure = lambda: run_trial(self.step, self.steps_per_window, self.samples_per_step, seconds,  # noqa: E731
                                     self.sync, step_times=not self.cuda, agree=self.agree,
-                                    min_windows=self.params.measure.min_windows)
+                                    min_windows=self.params.measure.min_windows if windows is None else windows)
         if collect:
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
@@ -131,7 +132,9 @@ def serve(session_factory: Callable[[], CaseSession], receive: Callable[[], dict
         request = receive()
         try:
             if request["op"] == "trial":
-                send(session.trial(float(request["seconds"]), bool(request.get("collect"))))
+                windows = request.get("windows")
+                send(session.trial(float(request["seconds"]), bool(request.get("collect")),
+                                   None if windows is None else int(windows)))
             else:
                 send(session.finish())
                 return

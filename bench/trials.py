@@ -379,8 +379,9 @@ def _signed_rank_k(n: int, confidence: float) -> int:
     return int(np.count_nonzero(np.cumsum(p) <= alpha / 2 + 1e-12))
 
 
-def _effect(logs: Sequence[float], confidence: float) -> Effect | None:
-    """Hodges-Lehmann estimate and interval from per-round log ratios (module docstring)."""
+def effect_from_logs(logs: Sequence[float], confidence: float) -> Effect | None:
+    """Hodges-Lehmann estimate and interval from independent log ratios, one per round here (module
+    docstring) or one per A/B pair (``bench.pairs``); None with fewer than 2."""
     import numpy as np
 
     n = len(logs)
@@ -418,7 +419,7 @@ def paired_effect(base: Mapping[int, float], other: Mapping[int, float],
     that the interval covers; near-normal ratios give it more precision than the median, an odd
     round moves it little. Interval: exp of the Walsh averages at the signed-rank ranks, exact for
     independent log ratios symmetric about the effect, however they differ otherwise."""
-    return _effect(list(_log_ratios(base, other).values()), confidence)
+    return effect_from_logs(list(_log_ratios(base, other).values()), confidence)
 
 
 @dataclass(frozen=True)
@@ -498,6 +499,6 @@ def effects_by_parameter(cases: Sequence[EffectCase], axes: Mapping[str, Sequenc
                     for r, d in ratios.items():
                         by_round.setdefault(r, []).append(d)
             logs = [sum(ds) / len(ds) for _, ds in sorted(by_round.items())]
-            out.append(ParameterEffect(parameter, value, baseline, _effect(logs, confidence),
+            out.append(ParameterEffect(parameter, value, baseline, effect_from_logs(logs, confidence),
                                        len(pair_ids), missing, pair_ids))
     return out

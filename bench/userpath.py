@@ -28,6 +28,7 @@ import os
 import sys
 from collections.abc import Iterator
 from importlib.machinery import ModuleSpec, PathFinder
+from pathlib import Path
 
 # The value bench gives PYTHONSAFEPATH (any non-empty value turns it on): a process told so by
 # bench can remove it without undoing a user's own setting.
@@ -42,15 +43,36 @@ def run_dir() -> str:
     return os.getcwd()
 
 
+# The code directory of a ``bench ab`` side while its suite is validated: searched first, as that
+# side's case processes will (``bench.side_worker``).
+_side_dir: str | None = None
+
+
+@contextlib.contextmanager
+def side(directory: Path) -> Iterator[None]:
+    """Validate a suite as a ``bench ab`` side in ``directory`` will run it: that directory first."""
+    global _side_dir
+    previous, _side_dir = _side_dir, str(directory)
+    try:
+        yield
+    finally:
+        _side_dir = previous
+
+
 def find_spec(module: str) -> ModuleSpec:
     """Locate ``module`` ('pkg.module') as ``import_module`` would in a case process, without
     executing anything: not the module, nor its parent packages' ``__init__``. Raises
     ModuleNotFoundError with a message that says where it looked."""
     top, *subs = module.split(".")
-    spec = importlib.util.find_spec(top) or PathFinder.find_spec(top, [run_dir()])
+    if _side_dir is not None:
+        spec = PathFinder.find_spec(top, [_side_dir]) or importlib.util.find_spec(top)
+        where = f"{_side_dir} (the side's directory, first on its import path)"
+    else:
+        spec = importlib.util.find_spec(top) or PathFinder.find_spec(top, [run_dir()])
+        where = f"{run_dir()} (the directory bench runs in, which is on the import path)"
     if spec is None:
         raise ModuleNotFoundError(
-            f"no module {top!r} in {run_dir()} (the directory bench runs in, which is on the import path) "
+            f"no module {top!r} in {where} "
             f"nor elsewhere on the import path; for code in another directory, add that directory to PYTHONPATH")
     name = top
     for sub in subs:

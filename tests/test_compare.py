@@ -279,7 +279,7 @@ def _mixed() -> Comparison:
 def test_markdown_puts_regressions_first_and_folds_unchanged_rows() -> None:
     text = to_markdown(_mixed())
     lines = text.splitlines()
-    assert lines[0] == "## bench compare: `base` → `new`"
+    assert lines[0] == "## bench compare (unpaired): `base` → `new`"
     assert lines[2] == "🔴 **1 regression(s)** (1 improvement, 1 unchanged)"
     assert "Rules: `throughput:-5%`" in text
     assert "> - torch: 2.14.1 → 2.15.0" in text
@@ -301,3 +301,42 @@ def test_json_output_holds_every_verdict_and_the_settings() -> None:
     verdicts = {r["case_id"]: r["verdict"] for r in doc["rows"]}
     assert verdicts == {"fast|<b>x</b>": "regression", "same": "unchanged", "better": "improvement"}
     assert len(doc["rows"][0]["ci95"]) == 2
+
+
+# --- the noise floor of unpaired runs ---------------------------------------------------------------
+
+def _calibration(floor: float) -> Any:
+    from bench.calibration import CalibrationCase, CalibrationDoc
+
+    return CalibrationDoc(created="2026-12-01T00:00:00+00:00", suite="t", environment=Environment.model_validate(ENV),
+                          false_alarms=0, noise_floor=floor,
+                          cases=[CalibrationCase(id="a", verdict="unchanged", pairs=100, pair_sd=0.05, drift=floor)])
+
+
+def test_a_change_within_the_runs_own_spread_is_inconclusive_not_a_regression() -> None:
+    # Trials that spread by about 15% within each run: a 10% lower median between two runs made at
+    # different times is within what the machine's drift alone does.
+    base = run("base", [case("a", noisy(1000, n=40, cv=0.06, seed=1))])
+    new = run("new", [case("a", noisy(900, n=40, cv=0.06, seed=2))])
+    row = compare_runs(base, new).rows[0]
+    assert row.verdict == "inconclusive"
+    assert row.noise_floor is not None and row.noise_floor > 0.10
+    assert "noise floor" in row.message and "bench ab" in row.message
+
+
+def test_a_calibrated_noise_floor_replaces_the_runs_own_spread() -> None:
+    base = run("base", [case("a", noisy(1000, n=40, cv=0.06, seed=1))])
+    new = run("new", [case("a", noisy(900, n=40, cv=0.06, seed=2))])
+    narrow = compare_runs(base, new, calibration=_calibration(0.02)).rows[0]
+    assert narrow.verdict == "regression" and narrow.noise_floor == 0.02
+    wide = compare_runs(base, new, calibration=_calibration(0.2)).rows[0]
+    assert wide.verdict == "inconclusive"
+    assert "bench aa" in wide.message
+
+
+def test_markdown_labels_the_comparison_unpaired_and_states_the_smallest_change_it_can_detect() -> None:
+    base = run("base", [case("a", noisy(1000, n=40, cv=0.06, seed=1))])
+    new = run("new", [case("a", noisy(900, n=40, cv=0.06, seed=2))])
+    text = to_markdown(compare_runs(base, new))
+    assert "(unpaired)" in text.splitlines()[0]
+    assert "smallest change these runs can detect" in text

@@ -52,10 +52,12 @@ def plotly_cdn_url() -> str:
 
 
 def render(runs: Sequence[Run], *, inline_plotlyjs: bool = True, html_dir: Path | None = None,
-           comparisons: Sequence[ComparisonLike] | None = None) -> str:
+           comparisons: Sequence[ComparisonLike] | None = None, lead: Sequence[View] = (),
+           title: str | None = None) -> str:
     """The report page as a string. ``html_dir`` is the folder the page will be saved in, so that
     links to traces and logs (named relative to each results folder) resolve from there; by
-    default the page is assumed to sit in each run's results folder."""
+    default the page is assumed to sit in each run's results folder. ``lead``: views made by the
+    caller (``bench ab``'s verdicts), shown first."""
     import jinja2
     import plotly.offline
 
@@ -67,8 +69,8 @@ def render(runs: Sequence[Run], *, inline_plotlyjs: bool = True, html_dir: Path 
         lstrip_blocks=True,
     )
     env.filters["sort_text"] = sort_text
-    views = build_views(runs, html_dir=html_dir, comparisons=comparisons)
-    title = ", ".join(dict.fromkeys(run.doc.suite.name for run in runs))
+    views = [*lead, *build_views(runs, html_dir=html_dir, comparisons=comparisons)]
+    title = title or ", ".join(dict.fromkeys(run.doc.suite.name for run in runs))
     return env.get_template("report.html.j2").render(
         title=title, runs=runs, views=views, plotly_config=CONFIG,
         plotlyjs=plotly.offline.get_plotlyjs() if inline_plotlyjs else None,

@@ -1,0 +1,467 @@
+"""``bench ab``: two versions of a user's code, measured in alternation, case by case, with three
+answers (``bench.pairs``).
+
+For each case, one process per side builds the model and warms up (``bench.side_worker``); then
+the coordinator asks them in turn for a short measurement (a *half*: a few windows of about 50 ms),
+base then new or new then base, balanced and seeded (``pairs.pair_orders``), so that each pair sees
+one state of a machine whose speed drifts by 10-30% over minutes. Only one side runs at a time; the
+other waits on its connection and takes no CPU.
+
+A case takes pairs until they give an answer (``pairs.answer``: checked after ``min_pairs`` and then
+every ``check_every`` pairs) or its budget (``max_pairs`` pairs or ``max_time`` measured seconds)
+runs out. A case flagged as a regression or an improvement is measured again with a fresh set of
+pairs, which must give the same answer: one burst of noise cannot fail a build. Across cases the
+p-values are adjusted (Benjamini-Hochberg), so that a suite of many cases does not flag one by
+chance.
+
+Each side's trials (the halves, as trials of a run) are written as that side's ``results.json``,
+after every case, so an interrupted run keeps what it measured; ``ab.json`` holds the pairs and
+verdicts, ``ab.md`` and ``ab.html`` the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Client
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from bench import environment, pairs, userpath
+from bench import trials as trial_stats
+from bench.errors import UsageError
+from bench.processes import kill_tree
+from bench.records import (
+    ABCaseRecord,
+    ABDoc,
+    ABSettings,
+    CaseRecord,
+    Environment,
+    Params,
+    RoundsInfo,
+    RunInfo,
+    SideRecord,
+    StageRecord,
+    SuiteInfo,
+    dump,
+    finite,
+)
+from bench.results import ResultsWriter, atomic_write_text, now, prepare_output
+from bench.rounds import CaseState, Worker, case_result, trial_record
+from bench.side_worker import ENV_KEY
+from bench.sides import Side
+from bench.suite import Case, Suite
+
+AB_NAME = "ab.json"
+ESTIMATOR = "median of halves; 95% order-statistic interval over halves (bench ab: each half of a pair is a trial)"
+DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE, "min_pairs": 20, "check_every": 10,
+                    "max_pairs": 400, "max_time": 40.0, "half_windows": 2, "confirm": True}
+# Modes whose case is one process; ddp cases are torchrun jobs, which `bench ab` does not pair yet.
+SINGLE_PROCESS = ("cpu", "cuda", "dp")
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during an A/B run; everything measured so far is saved."""
+
+
+class _SideFailed(Exception):
+    def __init__(self, side: str, answer: dict[str, Any]) -> None:
+        super().__init__(answer.get("error"))
+        self.side = side
+        self.answer = answer
+
+
+@dataclass
+class ABOutcome:
+    out_dir: Path
+    doc: ABDoc
+
+    @property
+    def regressions(self) -> list[ABCaseRecord]:
+        return [c for c in self.doc.cases if c.verdict == "regression"]
+
+    @property
+    def broken(self) -> list[ABCaseRecord]:
+        """Cases the new side failed where the base side ran: a build that breaks a case fails."""
+        return [c for c in self.doc.cases if c.verdict == "failed" and (c.error or "").startswith("new:")]
+
+
+class Observer(Protocol):
+    """What the terminal shows while pairs run (``bench.console.ABObserver``)."""
+
+    def case_started(self, case: Case, index: int, total: int) -> None: ...
+    def pair_finished(self, case: Case, stage: str, n: int, stats: Any) -> None: ...
+    def case_finished(self, case: Case, record: Any) -> None: ...
+
+
+class _Silent:
+    def case_started(self, case: Case, index: int, total: int) -> None:
+        pass
+
+    def pair_finished(self, case: Case, stage: str, n: int, stats: Any) -> None:
+        pass
+
+    def case_finished(self, case: Case, record: Any) -> None:
+        pass
+
+
+# --- starting a side's case process ----------------------------------------------------------------
+
+
+def start_side(side: Side, case: Case, scratch: Path, log_path: Path) -> Callable[[], Worker]:
+    """Start ``side``'s case process for ``case`` (a fresh interpreter in the side's directory);
+    returns a function that connects to it once it listens (the two sides start in parallel)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(16)
+    address = scratch / f"{side.label}-address.json"
+    address.unlink(missing_ok=True)
+    env = {**os.environ, **userpath.safe_path_env(),
+           ENV_KEY: json.dumps({"address_file": str(address), "authkey": key})}
+    log = open(log_path, "ab")  # noqa: SIM115 - the process outlives this function; stop() closes it
+    proc = subprocess.Popen([side.python, "-m", "bench.side_worker"], cwd=side.directory, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+    def stop() -> None:
+        kill_tree(proc.pid, group=True)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        log.close()
+
+    def death() -> dict[str, Any]:
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = _log_tail(log_path)
+        return {"status": "failed", "error": f"the case process exited with code {code} without a result"
+                                             + (f": {tail}" if tail else "")}
+
+    def connect() -> Worker:
+        deadline = time.monotonic() + case.params.timeout
+        while not address.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                answer = death() if proc.poll() is not None else {
+                    "status": "failed", "error": f"timed out after {case.params.timeout:g} s starting"}
+                stop()
+                raise _SideFailed(side.label, answer)
+            time.sleep(0.02)
+        host, port = json.loads(address.read_text(encoding="utf-8"))
+        conn = Client((host, port), authkey=bytes.fromhex(key))
+        return Worker(conn, lambda: proc.poll() is None, stop, death)
+
+    return connect
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+# --- one case --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _CaseRun:
+    """Both sides of one case while its pairs run."""
+
+    case: Case
+    settings: ABSettings
+    workers: dict[str, Worker]
+    states: dict[str, CaseState]
+    origin: float
+    orders: list[bool]
+    observer: Observer
+    log_ratios: list[float] = field(default_factory=list)
+    base_first: list[bool] = field(default_factory=list)
+    stage_of_pair: list[int] = field(default_factory=list)
+    counted: list[bool] = field(default_factory=list)
+    pair_start_s: list[float] = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)
+    stats: list[pairs.PairStats | None] = field(default_factory=list)
+
+    def half(self, label: str, index: int, position: int) -> tuple[float, float, float]:
+        """One side's half of pair ``index``: (throughput, measured seconds, start)."""
+        request = {"op": "trial", "seconds": 0.0, "windows": self.settings.half_windows, "collect": False}
+        answer = self.workers[label].request(request, timeout=self.case.params.timeout)
+        if answer.get("status") != "ok":
+            raise _SideFailed(label, answer)
+        record = trial_record(answer, index, position, self.origin, 0)
+        self.states[label].trials.append(record)
+        return record["median"], sum(answer["window_s"]), answer["start"] - self.origin
+
+    def stage(self, kind: Literal["initial", "confirmation"]) -> StageRecord:
+        """Pairs until they answer or the budget runs out (module docstring)."""
+        s = self.settings
+        first = len(self.log_ratios)
+        stage_index = len(self.stages)
+        base_halves: list[float] = []
+        new_halves: list[float] = []
+        measured = 0.0
+        while True:
+            index = len(self.log_ratios)
+            base_first = self.orders[index]
+            order = ("base", "new") if base_first else ("new", "base")
+            got: dict[str, float] = {}
+            start = 0.0
+            for position, label in enumerate(order):
+                value, seconds, at = self.half(label, index, position)
+                got[label] = value
+                measured += seconds
+                if position == 0:
+                    start = at
+            base_halves.append(got["base"])
+            new_halves.append(got["new"])
+            self.log_ratios.append(math.log(got["new"] / got["base"]))
+            self.base_first.append(base_first)
+            self.stage_of_pair.append(stage_index)
+            self.counted.append(True)
+            self.pair_start_s.append(start)
+            n = index + 1 - first
+            full = n >= s.max_pairs or measured >= s.max_time
+            stats: pairs.PairStats | None = None
+            if n >= s.min_pairs and ((n - s.min_pairs) % s.check_every == 0 or full):
+                trimmed = pairs.warmup_pairs(base_halves, new_halves)
+                stats = pairs.analyse(self.log_ratios[first + trimmed:], s.confidence)
+                found = pairs.answer(stats, s.threshold) if stats is not None else None
+                self.observer.pair_finished(self.case, kind, n, stats)
+                if found is not None or full:
+                    for i in range(first, first + trimmed):
+                        self.counted[i] = False
+                    reason: Literal["answer", "max_pairs", "max_time"] = (
+                        "answer" if found is not None else "max_pairs" if n >= s.max_pairs else "max_time")
+                    record = StageRecord(
+                        kind=kind, pairs=n, trimmed=trimmed, answer=found, stop_reason=reason, measured_s=measured,
+                        ratio=stats.ratio if stats else None, low=stats.low if stats else None,
+                        high=stats.high if stats else None, p=stats.p if stats else None, sd=stats.sd if stats else None)
+                    self.stages.append(record)
+                    self.stats.append(stats)
+                    return record
+            elif n % 5 == 0:
+                self.observer.pair_finished(self.case, kind, n, None)
+
+    def all_counted(self) -> pairs.PairStats | None:
+        return pairs.analyse([r for r, c in zip(self.log_ratios, self.counted, strict=True) if c],
+                             self.settings.confidence)
+
+
+def _verdict(run: _CaseRun) -> dict[str, Any]:
+    """The case's verdict and its sentence from its stages (before the correction across cases)."""
+    s = run.settings
+    initial = run.stages[0]
+    first = run.stats[0]
+    limit = f"±{s.threshold:.0%}".replace(".0%", "%")
+    if initial.answer == "unchanged" and first is not None:
+        return _fields(first, "unchanged", f"unchanged: {first.describe()}, within {limit}")
+    if initial.answer is None or first is None:
+        if first is None:
+            return {"verdict": "inconclusive", "message": "inconclusive: too few pairs for an interval"}
+        needed = pairs.pairs_needed(first, s.threshold)
+        more = f"; about {needed} pairs would settle it" if needed else ""
+        found = _fields(first, "inconclusive", (
+            f"inconclusive: {first.describe()} is neither within {limit} nor beyond it; these pairs could flag "
+            f"a change of {pairs.detectable(first, s.threshold):.1%} or more{more}"))
+        found.update(detectable=pairs.detectable(first, s.threshold), pairs_needed=needed)
+        return found
+    if not s.confirm:
+        return _fields(first, initial.answer, f"{initial.answer}: {first.describe()}, beyond {limit} (not confirmed: "
+                                              f"confirmation is off)")
+    confirmation = run.stages[1]
+    again = run.stats[1]
+    combined = run.all_counted() or first
+    if confirmation.answer == initial.answer and again is not None:
+        return _fields(combined, initial.answer, (
+            f"{initial.answer}: {combined.describe()}, beyond {limit}; confirmed by {again.n} fresh pairs "
+            f"({again.describe()})"))
+    said = confirmation.answer or "undecided"
+    detail = f" ({again.describe()})" if again is not None else ""
+    return _fields(combined, "inconclusive", (
+        f"inconclusive: {first.n} pairs said {initial.answer} ({first.describe()}), but {confirmation.pairs} fresh "
+        f"pairs said {said}{detail}: not confirmed"))
+
+
+def _fields(stats: pairs.PairStats, verdict: str, message: str) -> dict[str, Any]:
+    return {"verdict": verdict, "message": message, "ratio": stats.ratio, "low": stats.low, "high": stats.high,
+            "confidence": stats.confidence, "p": stats.p, "pairs": stats.n}
+
+
+def _adjust(cases: list[ABCaseRecord], confidence: float) -> None:
+    """Benjamini-Hochberg across the run's cases: a flag whose adjusted p-value is above 1 -
+    ``confidence`` becomes inconclusive, saying why."""
+    measured = [c for c in cases if c.p is not None]
+    for case, adjusted in zip(measured, pairs.adjust([c.p for c in measured if c.p is not None]), strict=True):
+        case.p_adjusted = min(1.0, adjusted)
+        if case.verdict in ("regression", "improvement") and adjusted > 1 - confidence:
+            case.message = (f"inconclusive: {case.message}; but not significant across the {len(measured)} cases "
+                            f"measured (adjusted p = {adjusted:.3g})")
+            case.verdict = "inconclusive"
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def _side_record(side: Side) -> SideRecord:
+    return SideRecord(label=side.label, spec=side.spec, directory=str(side.directory),  # type: ignore[arg-type]
+                      revision=side.revision, python=side.python, python_version=side.probe.get("python"),
+                      torch=side.probe.get("torch"))
+
+
+def _environment(side: Side) -> Environment:
+    info = environment.collect({k: v for k, v in side.probe.items() if k != "python"})
+    info["python"] = side.probe.get("python") or info["python"]
+    info["git"] = environment.git_commit(str(side.directory)) if side.revision is None else {
+        "commit": side.revision, "dirty": False}
+    return Environment.model_validate(info)
+
+
+def settings_from(order_seed: int | None, **given: Any) -> ABSettings:
+    values = {**DEFAULT_SETTINGS, **{k: v for k, v in given.items() if v is not None}}
+    seed = order_seed if order_seed is not None else int.from_bytes(os.urandom(4), "little")
+    try:
+        return ABSettings.model_validate({**values, "order_seed": seed})
+    except Exception as exc:  # pydantic's message names the option
+        raise UsageError(f"bench ab: invalid option: {exc}") from None
+
+
+def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSettings, *, argv: list[str],
+           overrides: list[str], only: str | None, kind: Literal["ab", "aa"] = "ab",
+           observer: Observer | None = None) -> ABOutcome:
+    """Measure every case of ``suite`` on both sides in pairs; write both sides' results, ``ab.json``
+    after every case, and return the outcome. Raises ``Interrupted`` (after saving) on Ctrl-C."""
+    obs: Observer = observer or _Silent()
+    prepare_output(out_dir)
+    logs = out_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    suite_info = SuiteInfo(name=suite.name, path=suite.path, source=suite.source)
+    run_info: dict[str, Any] = {"argv": argv, "overrides": list(overrides), "only": only}
+    writers: dict[str, ResultsWriter] = {}
+    for side in (base, new):
+        (out_dir / side.label).mkdir(exist_ok=True)
+        writers[side.label] = ResultsWriter(
+            out_dir / side.label, suite=suite_info, environment=_environment(side), run=run_info,
+            rounds=RoundsInfo(seed=settings.order_seed, completed=0, orders=[], estimator=ESTIMATOR))
+    doc = ABDoc(kind=kind, suite=suite_info, run=RunInfo.model_validate({"started": now(), "finished": None,
+                                                                        "status": "running", **run_info}),
+                environment=writers["base"].doc.environment, base=_side_record(base), new=_side_record(new),
+                settings=settings, cases=[])
+    path = out_dir / AB_NAME
+
+    def flush() -> None:
+        atomic_write_text(path, json.dumps(finite(dump(doc)), indent=1, allow_nan=False))
+
+    flush()
+    # The statistics import numpy, scipy and ruptures (seconds): before the first pair, not inside it.
+    pairs.analyse([0.01, -0.01, 0.02])
+    trial_stats.detect_drift([1.0] * 8)
+    try:
+        for index, case in enumerate(suite.cases):
+            obs.case_started(case, index, len(suite.cases))
+            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs)
+            for label, case_record in side_records.items():
+                writers[label].put(case_record)
+            doc.cases.append(record)
+            flush()
+            obs.case_finished(case, record)
+    except KeyboardInterrupt:
+        for w in writers.values():
+            w.finish("interrupted")
+        doc.run.status, doc.run.finished = "interrupted", now()
+        flush()
+        raise Interrupted(f"interrupted after {len(doc.cases)} of {len(suite.cases)} case(s); saved in {out_dir}") from None
+    _adjust(doc.cases, settings.confidence)
+    for w in writers.values():
+        w.finish("complete")
+    doc.run.status, doc.run.finished = "complete", now()
+    flush()
+    from bench.report import ab as ab_report
+
+    atomic_write_text(out_dir / "ab.md", ab_report.markdown(doc))
+    atomic_write_text(out_dir / "ab.html", ab_report.html(doc, out_dir))
+    return ABOutcome(out_dir, doc)
+
+
+def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, settings: ABSettings,
+              obs: Observer) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
+    from bench.runner import _case_record
+
+    params = Params.model_validate(case.params_json())
+    states = {s.label: CaseState(case, out_dir / "logs" / f"{s.label}-{case.id}.log") for s in (base, new)}
+    if case.params.mode not in SINGLE_PROCESS:
+        reason = f"bench ab pairs single-process cases (cpu, cuda, dp); mode {case.params.mode} is not paired yet"
+        record = ABCaseRecord(id=case.id, params=params, verdict="skipped", message=f"skipped: {reason}", error=reason)
+        return record, {label: _case_record(case, now(), 0.0, {"status": "skipped", "error": reason}, None)
+                        for label in states}
+    workers: dict[str, Worker] = {}
+    run: _CaseRun | None = None
+    failure: tuple[str, dict[str, Any]] | None = None
+    for state in states.values():
+        state.started, state.t0 = now(), time.monotonic()
+    try:
+        connects = {s.label: start_side(s, case, out_dir / "scratch" / case.id, states[s.label].log_path)
+                    for s in (base, new)}
+        payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
+        for label, connect in connects.items():
+            workers[label] = connect()
+        for label, worker in workers.items():  # one after the other: calibration times a quiet machine
+            hello = worker.request(None, timeout=case.params.timeout)
+            if hello.get("status") != "probe":
+                raise _SideFailed(label, hello)
+            worker.conn.send(payload)
+            ready = worker.request(None, timeout=case.params.timeout)
+            if ready.get("status") != "ready":
+                raise _SideFailed(label, ready)
+            states[label].ready = ready
+        origin = time.perf_counter()
+        orders = pairs.pair_orders(2 * settings.max_pairs + 2, settings.order_seed + index)
+        run = _CaseRun(case, settings, workers, states, origin, orders, obs)
+        first = run.stage("initial")
+        if first.answer in ("regression", "improvement") and settings.confirm:
+            run.stage("confirmation")
+    except _SideFailed as exc:
+        failure = (exc.side, exc.answer)
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    side_records: dict[str, CaseRecord] = {}
+    for label, state in states.items():
+        state.stop_reason = "pairs"
+        if failure is not None and failure[0] == label:
+            state.fail(failure[1])
+        result = case_result(state) if state.status == "ok" and state.trials else {
+            "status": state.status if state.status != "ok" else "failed",
+            "error": state.error or (f"not measured: the {failure[0]} side failed" if failure else "no pair measured"),
+            "traceback": state.traceback, "warnings": list(state.ready.get("warnings") or []),
+            "device": state.ready.get("device")}
+        log = state.log_path
+        keep = log.exists() and log.stat().st_size > 0
+        side_records[label] = _case_record(case, state.started, time.monotonic() - state.t0, result,
+                                           str(log.relative_to(out_dir)) if keep else None)
+    if failure is not None:
+        side, answer = failure
+        status: Literal["failed", "skipped"] = "skipped" if answer.get("status") == "skipped" else "failed"
+        error = f"{side}: {answer.get('error') or 'failed without a reason'}"
+        record = ABCaseRecord(id=case.id, params=params, verdict=status, message=f"{status}: {error}", error=error,
+                              **_pairs_of(run))
+        return record, side_records
+    assert run is not None
+    fields = _verdict(run)
+    record = ABCaseRecord(id=case.id, params=params, stages=run.stages, **_pairs_of(run), **{
+        k: v for k, v in fields.items()})
+    return record, side_records
+
+
+def _pairs_of(run: _CaseRun | None) -> dict[str, Any]:
+    if run is None:
+        return {}
+    return {"log_ratios": run.log_ratios, "base_first": run.base_first, "stage_of_pair": run.stage_of_pair,
+            "counted": run.counted, "pair_start_s": run.pair_start_s}

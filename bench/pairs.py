@@ -1,0 +1,148 @@
+"""Statistics of A/B pairs (``bench ab``): pure functions, no torch, clock or I/O.
+
+A *pair* is one short measurement of the base side and one of the new side, back to back, in a
+random order balanced over every two pairs. Both halves of a pair see nearly the same machine
+state, so the pair's log ratio log(new/base) carries the code's effect and little of the drift that
+moves the machine's speed by 10-30% over minutes. The pair is the unit of inference: never the
+windows inside a half, which share their half's state.
+
+Assumptions, and what an interval therefore covers: the per-pair log ratios are independent given
+the machine's path (each pair's order is random, its noise its own) and symmetric about the effect
+(the drift between the two halves of a pair is as likely to favour either side, because the order
+is balanced). The Hodges-Lehmann estimate with its Wilcoxon signed-rank interval then covers the
+effect itself, as a ratio of throughputs, whatever the machine did, at the stated confidence
+(99% by default, as Pinpoint's p <= 0.01).
+
+Three answers, as Pinpoint: with ``threshold`` t,
+
+- ``unchanged``: the interval lies inside (1/(1+t), 1+t): any change is smaller than t;
+- ``regression`` (``improvement``): the interval lies below 1/(1+t) (above 1+t): the change is
+  significant and larger than t;
+- otherwise undecided: more pairs, up to a budget; then ``inconclusive``, with the smallest change
+  these pairs could have flagged and about how many pairs would settle it.
+
+Looking at the data after every few pairs and stopping at the first answer (a sequential design)
+makes a wrong answer likelier than one look would. It stays rare because a wrong ``regression``
+needs the whole 99% interval beyond the threshold, and ``bench ab`` then confirms every flagged case
+with a fresh set of pairs; the false-alarm rate is measured, not derived
+(``benchmarks/detection.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from bench import trials
+
+CONFIDENCE = 0.99
+THRESHOLD = 0.03
+
+Answer = Literal["unchanged", "regression", "improvement"]
+
+
+def pair_orders(pairs: int, seed: int) -> list[bool]:
+    """For each pair, whether the base side runs first. Balanced in blocks of two (one of each
+    order, which first drawn at random), so that a drift that always favours the first (or the
+    second) half cancels within every two pairs; replayable from ``seed``."""
+    rng = random.Random(seed)
+    out: list[bool] = []
+    while len(out) < pairs:
+        first = rng.random() < 0.5
+        out.extend((first, not first))
+    return out[:pairs]
+
+
+def warmup_pairs(base: Sequence[float], new: Sequence[float]) -> int:
+    """Leading pairs to drop: the longer of the two sides' warm-ups, each found in its series of
+    half throughputs by ``trials.detect_drift``, which judges leading values against a later level
+    (at most a quarter of the series)."""
+    if len(base) < 6 or len(base) != len(new):
+        return 0
+    return max(trials.detect_drift(base).warmup, trials.detect_drift(new).warmup)
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """What ``n`` pairs say about the ratio new/base of throughputs."""
+
+    n: int
+    ratio: float  # Hodges-Lehmann estimate, as a ratio (0.95: the new side is 5% slower)
+    low: float
+    high: float
+    confidence: float
+    p: float  # two-sided Wilcoxon signed-rank test of "no change"
+    sd: float  # standard deviation of the per-pair log ratios (noise of one pair)
+    method: str
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width in log units (about a relative half-width)."""
+        return (math.log(self.high) - math.log(self.low)) / 2
+
+    def describe(self) -> str:
+        """E.g. ``-4.8% [-6.0, -3.5] (99% CI, 120 pairs)``."""
+        return (f"{pct(self.ratio)} [{pct(self.low, sign=True)[:-1]}, {pct(self.high, sign=True)[:-1]}] "
+                f"({self.confidence:.0%} CI, {self.n} pairs)")
+
+
+def pct(ratio: float, sign: bool = True) -> str:
+    """A ratio as a signed percentage change: 0.952 -> '-4.8%'."""
+    return f"{(ratio - 1) * 100:+.1f}%" if sign else f"{abs(ratio - 1) * 100:.1f}%"
+
+
+def analyse(log_ratios: Sequence[float], confidence: float = CONFIDENCE) -> PairStats | None:
+    """Estimate, interval and test from per-pair log ratios log(new/base); None with fewer than 2."""
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    effect = trials.effect_from_logs(log_ratios, confidence)
+    if effect is None:
+        return None
+    x = np.asarray(log_ratios, dtype=float)
+    p = 1.0 if not np.any(x) else float(wilcoxon(x, zero_method="zsplit").pvalue)
+    return PairStats(len(x), effect.point, effect.low, effect.high, confidence, p,
+                     float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, effect.method)
+
+
+def answer(stats: PairStats, threshold: float = THRESHOLD) -> Answer | None:
+    """The three answers (module docstring), or None while undecided."""
+    bound = math.log1p(threshold)
+    low, high = math.log(stats.low), math.log(stats.high)
+    if high < -bound:
+        return "regression"
+    if low > bound:
+        return "improvement"
+    if -bound < low and high < bound:
+        return "unchanged"
+    return None
+
+
+def detectable(stats: PairStats, threshold: float = THRESHOLD) -> float:
+    """The smallest change (relative, e.g. 0.05) that pairs as noisy as these, as many, would have
+    called a regression or an improvement about half the time: the threshold plus the interval's
+    half-width."""
+    return math.expm1(math.log1p(threshold) + stats.half_width)
+
+
+def pairs_needed(stats: PairStats, threshold: float = THRESHOLD) -> int | None:
+    """About how many pairs in all would give an answer if the estimate stayed where it is: the
+    interval's half-width shrinks as 1/sqrt(n), and an answer needs it narrower than the distance
+    from the estimate to the threshold. None when the estimate sits on the threshold."""
+    gap = abs(abs(math.log(stats.ratio)) - math.log1p(threshold))
+    if gap < 1e-4 or stats.half_width <= 0:
+        return None
+    return max(stats.n + 1, math.ceil(stats.n * (stats.half_width / gap) ** 2))
+
+
+def adjust(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values: a case's answer across many cases keeps the false
+    discovery rate at the level its own p-value had."""
+    if not pvalues:
+        return []
+    from scipy.stats import false_discovery_control
+
+    return [float(p) for p in false_discovery_control(list(pvalues), method="bh")]

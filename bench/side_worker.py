@@ -1,0 +1,63 @@
+"""Entry point of one side's case process in ``bench ab``: ``python -m bench.side_worker``.
+
+``bench ab`` measures two versions of a user's code, so the two processes of a case cannot be
+forks of one parent: each is a fresh interpreter (possibly another one, ``--base-python``) started
+in its side's directory, and that directory is put first on its import path once bench itself is
+imported, so that ``import: "mypkg.model:make"`` resolves to that side's code and bench's own
+modules stay the harness's. It connects back to the coordinator (address and key in the
+environment, never on the command line; it listens, the coordinator connects), answers a probe of its torch, and then serves trials
+exactly as a case process of ``bench run`` does (``bench.session.serve``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from multiprocessing.connection import Listener
+from pathlib import Path
+from typing import Any
+
+ENV_KEY = "BENCH_SIDE_SERVE"
+
+
+def main() -> None:
+    spec = json.loads(os.environ.pop(ENV_KEY))
+    # This process listens and the coordinator connects (as with a DDP job's writing rank): the
+    # coordinator can then wait for it with a deadline and notice if it dies while starting.
+    with Listener(("127.0.0.1", 0), authkey=bytes.fromhex(spec["authkey"])) as listener:
+        address = Path(spec["address_file"])
+        partial = address.with_suffix(".partial")
+        partial.write_text(json.dumps(list(listener.address)), encoding="utf-8")
+        partial.replace(address)  # whole or absent: the coordinator never reads half a file
+        conn = listener.accept()
+    try:
+        from bench import session, userpath, worker
+        from bench.suite import CaseParams
+
+        userpath.forget_safe_path()
+        side_dir = os.getcwd()
+        # First, not last as in ``bench run``: here the directory *is* the code under test, and a
+        # same-named module installed elsewhere must not stand in for it.
+        sys.path.insert(0, side_dir)
+        conn.send({"status": "probe", "probe": worker.probe_environment(), "python": sys.executable,
+                   "version": sys.version.split()[0]})
+        payload: dict[str, Any] = conn.recv()
+
+        def factory() -> session.CaseSession:
+            params = CaseParams.model_validate(payload["params"])
+            device, batch, wrap, threads, warnings = worker.single_process_setup(params)
+            return session.CaseSession(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
+                                       threads=threads, warnings=warnings)
+
+        session.serve(factory, conn.recv, conn.send)
+    except (EOFError, OSError):
+        pass  # the coordinator went away (interrupted, or done with this side): nothing to answer
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""`bench ab`: the pairs' order, the paired statistics on drifting series, topping up and
+confirming, sides as directories and git revisions, and bad sides refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.stats import mannwhitneyu
+
+from bench import ab, pairs
+from bench.records import ABDoc, ResultsDoc
+from bench.rounds import CaseState
+from bench.suite import Case, CaseParams
+from conftest import bench
+
+# --- the order of the halves ---------------------------------------------------------------------
+
+
+def test_pair_orders_put_each_side_first_once_in_every_two_pairs() -> None:
+    orders = pairs.pair_orders(200, seed=7)
+    assert len(orders) == 200
+    assert all(orders[i] != orders[i + 1] for i in range(0, 200, 2))
+
+
+def test_pair_orders_replay_from_their_seed_and_differ_between_seeds() -> None:
+    assert pairs.pair_orders(50, 3) == pairs.pair_orders(50, 3)
+    assert pairs.pair_orders(50, 3) != pairs.pair_orders(50, 4)
+
+
+# --- paired statistics on a drifting machine -------------------------------------------------------
+
+
+def machine(n: int, seed: int, drift: float = 0.3) -> list[float]:
+    """A machine's speed per pair: a slow slide by ``drift`` plus an AR(1) wander, as measured here
+    (NOISE.md: 15-30% within minutes, neighbouring seconds correlated)."""
+    rng = random.Random(seed)
+    level, out = 0.0, []
+    for i in range(n):
+        level = 0.9 * level + rng.gauss(0, 0.03)
+        out.append(math.exp(-drift * i / n + level))
+    return out
+
+
+def halves(speed: list[float], effect: float, seed: int, noise: float = 0.05) -> tuple[list[float], list[float]]:
+    """Base and new throughput per pair: the pair's machine speed times the side's factor, each half
+    with its own noise."""
+    rng = random.Random(seed)
+    base = [1000 * s * math.exp(rng.gauss(0, noise)) for s in speed]
+    new = [1000 * s * effect * math.exp(rng.gauss(0, noise)) for s in speed]
+    return base, new
+
+
+def test_a_drift_that_fools_an_unpaired_test_does_not_fool_the_pairs() -> None:
+    speed = machine(200, seed=1)
+    base, new = halves(speed, 1.0, seed=2)
+    # Unpaired, as two runs one after another: base measured in the first half of the time, new in
+    # the second; the machine slowed in between, so an unpaired test sees a "regression".
+    early, late = base[:100], new[100:]
+    assert mannwhitneyu(early, late).pvalue < 1e-6
+    assert np.median(late) / np.median(early) < 0.95  # a "regression" of more than 5%
+    stats = pairs.analyse([math.log(n / b) for b, n in zip(base, new, strict=True)])
+    assert stats is not None
+    assert pairs.answer(stats) == "unchanged"
+    assert stats.low < 1 < stats.high
+
+
+def test_pairs_find_a_five_percent_slowdown_through_the_same_drift() -> None:
+    speed = machine(200, seed=3)
+    base, new = halves(speed, 0.95, seed=4)
+    stats = pairs.analyse([math.log(n / b) for b, n in zip(base, new, strict=True)])
+    assert stats is not None
+    assert pairs.answer(stats) == "regression"
+    assert stats.low < 0.95 < stats.high
+
+
+def test_the_paired_interval_covers_the_true_effect_at_about_its_confidence() -> None:
+    misses = 0
+    runs = 300
+    for seed in range(runs):
+        base, new = halves(machine(60, seed), 0.97, seed + 10_000)
+        stats = pairs.analyse([math.log(n / b) for b, n in zip(base, new, strict=True)], confidence=0.95)
+        assert stats is not None
+        misses += not stats.low <= 0.97 <= stats.high
+    assert misses / runs < 0.09  # 5% expected; a broken interval misses far more
+
+
+def test_an_undecided_interval_says_what_it_could_detect_and_how_many_pairs_would_settle_it() -> None:
+    stats = pairs.analyse([0.04, -0.05, 0.06, -0.03, 0.01, 0.02, -0.06, 0.05, -0.02, 0.0])
+    assert stats is not None
+    assert pairs.answer(stats) is None
+    assert pairs.detectable(stats) > pairs.THRESHOLD
+    needed = pairs.pairs_needed(stats)
+    assert needed is not None and needed > stats.n
+
+
+def test_benjamini_hochberg_adjusts_upwards_and_keeps_the_smallest_p_smallest() -> None:
+    adjusted = pairs.adjust([0.001, 0.02, 0.04, 0.5])
+    assert adjusted[0] == pytest.approx(0.004)
+    assert all(a >= p for a, p in zip(adjusted, [0.001, 0.02, 0.04, 0.5], strict=True))
+
+
+# --- topping up and confirming, with sides that answer from a script --------------------------------
+
+
+class ScriptedSide:
+    """A side's case process that answers each half from ``throughput(pair_index)``."""
+
+    def __init__(self, throughput: Callable[[int], float]) -> None:
+        self.throughput = throughput
+        self.calls = 0
+        self.clock = 0.0
+
+    def request(self, message: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        assert message is not None and message["op"] == "trial" and message["windows"] == 2
+        value = self.throughput(self.calls)
+        self.calls += 1
+        self.clock += 0.1
+        return {"status": "ok", "start": self.clock, "window_s": [0.05, 0.05], "local_window_s": [0.05, 0.05],
+                "window_throughput": [value, value], "steps": 2, "step_time_ms": [10.0, 10.0],
+                "step_source": "per_step"}
+
+    def stop(self) -> None:
+        pass
+
+
+def scripted_run(base: Callable[[int], float], new: Callable[[int], float], **settings: Any) -> ab._CaseRun:
+    params = CaseParams.model_validate({"model": "mlp"})
+    case = Case(id="c", params=params)
+    chosen = ab.settings_from(5, **{"max_time": 1e9, **settings})
+    states = {label: CaseState(case, Path("unused.log")) for label in ("base", "new")}
+    workers: dict[str, Any] = {"base": ScriptedSide(base), "new": ScriptedSide(new)}
+    return ab._CaseRun(case, chosen, workers, states, 0.0, pairs.pair_orders(4 * chosen.max_pairs, 5), ab._Silent())
+
+
+def noisy(factor: float, sd: float, seed: int, burst: tuple[int, int, float] | None = None) -> Callable[[int], float]:
+    rng = np.random.default_rng(seed)
+    draws = rng.normal(0, sd, 10_000)
+
+    def at(i: int) -> float:
+        slow = burst[2] if burst is not None and burst[0] <= i < burst[1] else 1.0
+        return 1000 * factor * slow * math.exp(draws[i])
+
+    return at
+
+
+def run_case(run: ab._CaseRun) -> dict[str, Any]:
+    first = run.stage("initial")
+    if first.answer in ("regression", "improvement") and run.settings.confirm:
+        run.stage("confirmation")
+    return ab._verdict(run)
+
+
+def test_quiet_identical_sides_stop_at_the_first_look_as_unchanged() -> None:
+    run = scripted_run(noisy(1.0, 0.005, 1), noisy(1.0, 0.005, 2), min_pairs=20)
+    found = run_case(run)
+    assert found["verdict"] == "unchanged"
+    assert [s.pairs for s in run.stages] == [20]
+    assert "20 pairs" in found["message"]
+
+
+def test_noisy_pairs_are_topped_up_in_steps_until_they_answer() -> None:
+    run = scripted_run(noisy(1.0, 0.02, 3), noisy(1.0, 0.02, 4), min_pairs=10, check_every=10)
+    found = run_case(run)
+    assert found["verdict"] == "unchanged"
+    assert run.stages[0].pairs > 10
+    assert (run.stages[0].pairs - 10) % 10 == 0
+
+
+def test_a_regression_is_confirmed_by_fresh_pairs_before_it_counts() -> None:
+    run = scripted_run(noisy(1.0, 0.02, 5), noisy(0.9, 0.02, 6), min_pairs=20)
+    found = run_case(run)
+    assert found["verdict"] == "regression"
+    assert [s.kind for s in run.stages] == ["initial", "confirmation"]
+    assert [s.answer for s in run.stages] == ["regression", "regression"]
+    assert f"confirmed by {run.stages[1].pairs} fresh pairs" in found["message"]
+    assert found["pairs"] == sum(s.pairs - s.trimmed for s in run.stages)
+
+
+def test_one_burst_of_noise_does_not_fail_the_build() -> None:
+    # The new side's process is slowed for its first 30 halves (another tenant), then is as fast
+    # as the base: the first set flags it, the fresh set does not confirm it.
+    run = scripted_run(noisy(1.0, 0.01, 7), noisy(1.0, 0.01, 8, burst=(0, 30, 0.85)), min_pairs=20)
+    found = run_case(run)
+    assert run.stages[0].answer == "regression"
+    assert run.stages[1].answer != "regression"
+    assert found["verdict"] == "inconclusive"
+    assert "not confirmed" in found["message"]
+
+
+def test_pairs_that_run_out_of_budget_are_inconclusive_and_say_what_they_could_detect() -> None:
+    run = scripted_run(noisy(1.0, 0.3, 9), noisy(0.97, 0.3, 10), min_pairs=20, max_pairs=40)
+    found = run_case(run)
+    assert found["verdict"] == "inconclusive"
+    assert run.stages[0].stop_reason == "max_pairs" and run.stages[0].pairs == 40
+    assert found["detectable"] > 0.03
+    assert "could flag a change of" in found["message"]
+
+
+def test_a_flag_that_does_not_survive_the_correction_across_cases_becomes_inconclusive() -> None:
+    params = CaseParams.model_validate({"model": "mlp"})
+    params = Case(id="c", params=params).params_json()
+    records = [ab.ABCaseRecord.model_validate({"id": f"c{i}", "params": params, "verdict": "regression" if i == 0
+                                               else "unchanged", "message": "m", "p": p})
+               for i, p in enumerate([0.004, 0.3, 0.5, 0.6, 0.7])]
+    ab._adjust(records, 0.99)
+    assert records[0].verdict == "inconclusive"
+    assert records[0].p_adjusted == pytest.approx(0.02)
+    assert "adjusted p" in records[0].message
+
+
+# --- end to end: sides as directories and as git revisions ----------------------------------------
+
+MODEL = '''
+import os
+import torch.nn as nn
+
+open(os.path.join(os.getcwd(), "imported-{side}"), "w").close()
+
+
+def make(**kwargs):
+    return nn.Sequential(nn.Flatten(), *[nn.Linear(64, 64) for _ in range({depth})], nn.Linear(64, 10))
+'''
+
+SUITE = """
+name: abtest
+defaults:
+  batch_size: 16
+  optimizer: sgd
+  data: synthetic
+  measure: {warmup_steps: 2, window_time: 0.01}
+  timeout: 120
+matrix:
+  model:
+    - {import: "abmodel:make", input_shape: [64], label: user}
+"""
+
+FAST = ["--min-pairs", "8", "--max-pairs", "40", "--max-time", "3", "--order-seed", "11", "--quiet"]
+
+
+def side(folder: Path, name: str, depth: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "abmodel.py").write_text(MODEL.format(side=name, depth=depth), encoding="utf-8")
+    return folder
+
+
+def test_ab_runs_each_side_from_its_own_directory_and_writes_both_results(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    a, b = side(tmp_path / "a", "a", 1), side(tmp_path / "b", "b", 24)
+    out = tmp_path / "out"
+    result = bench("ab", suite, "--base", a, "--new", b, "--out", out, *FAST, cwd=tmp_path, timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    # Each side imported its own module, in its own directory.
+    assert (a / "imported-a").exists() and (b / "imported-b").exists()
+    assert not (a / "imported-b").exists() and not (b / "imported-a").exists()
+    doc = ABDoc.model_validate(json.loads((out / "ab.json").read_text(encoding="utf-8")))
+    case = doc.cases[0]
+    assert doc.run.status == "complete" and doc.settings.order_seed == 11
+    # A model 24 times deeper is far slower: no amount of noise on this machine hides that.
+    assert case.verdict == "regression" and result.returncode == 1
+    assert case.ratio is not None and case.ratio < 0.5
+    assert len(case.log_ratios) == len(case.base_first) == len(case.counted) == len(case.stage_of_pair)
+    for label in ("base", "new"):
+        side_doc = ResultsDoc.model_validate(json.loads((out / label / "results.json").read_text(encoding="utf-8")))
+        assert side_doc.cases[0].status == "ok"
+        # Every half of every pair is one trial of that side.
+        assert len(side_doc.cases[0].trials or []) == len(case.log_ratios)
+    assert "regression" in (out / "ab.md").read_text(encoding="utf-8")
+    html = (out / "ab.html").read_text(encoding="utf-8")
+    assert 'id="view-ab"' in html and "confirmation" in html
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_ab_compares_two_git_revisions_and_removes_their_checkouts(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    side(repo, "any", 1)
+    (repo / "suite.yaml").write_text(SUITE, encoding="utf-8")
+    git(repo, "init", "-q")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "shallow")
+    side(repo, "any", 1)
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "same again", "--allow-empty")
+    first, second = git(repo, "rev-parse", "HEAD~1"), git(repo, "rev-parse", "HEAD")
+    out = tmp_path / "out"
+    result = bench("ab", "suite.yaml", "--base", "HEAD~1", "--new", "HEAD", "--out", out, *FAST, cwd=repo, timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    doc = ABDoc.model_validate(json.loads((out / "ab.json").read_text(encoding="utf-8")))
+    assert (doc.base.revision, doc.new.revision) == (first, second)
+    assert doc.cases[0].verdict in ("unchanged", "inconclusive", "regression", "improvement")
+    assert git(repo, "worktree", "list").count("\n") == 0  # only the repository's own tree is left
+    # The revisions' checkouts imported their own copies, not the working tree.
+    assert not (repo / "imported-any").exists()
+
+
+@pytest.mark.parametrize(("base", "new", "message"), [
+    ("no-such-dir", "b", "--base no-such-dir: no such directory"),
+    ("a", "no-such-revision", "--new no-such-revision: no such directory"),
+])
+def test_a_side_that_does_not_exist_is_refused_with_one_line_and_nothing_run(
+        tmp_path: Path, base: str, new: str, message: str) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    side(tmp_path / "a", "a", 1)
+    side(tmp_path / "b", "b", 1)
+    result = bench("ab", suite, "--base", base, "--new", new, "--out", tmp_path / "out", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr_lines) == 1 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_suite_whose_model_is_missing_on_one_side_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    side(tmp_path / "a", "a", 1)
+    (tmp_path / "b").mkdir()
+    result = bench("ab", suite, "--base", "a", "--new", "b", "--out", tmp_path / "out", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr_lines) == 1
+    assert f"{tmp_path / 'b'} (the side's directory" in result.stderr and "model" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "a" / "imported-a").exists()
+
+
+def test_aa_saves_a_calibration_that_compare_reads(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    side(tmp_path / "a", "a", 1)
+    out = tmp_path / "out"
+    saved = tmp_path / "calibration.json"
+    result = bench("aa", suite, "--side", "a", "--out", out, "--save", saved, *FAST, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    calibration = json.loads(saved.read_text(encoding="utf-8"))
+    assert calibration["kind"] == "calibration" and calibration["cases"][0]["id"] == "user"
+    assert calibration["cases"][0]["pairs"] > 0
+    compared = bench("compare", out / "base", out / "new", "--calibration", saved, cwd=tmp_path)
+    assert compared.returncode in (0, 1), compared.stderr
+    assert "unpaired" in compared.stdout
+    broken = bench("compare", out / "base", out / "new", "--calibration", suite, cwd=tmp_path)
+    assert broken.returncode == 2 and len(broken.stderr_lines) == 1 and "calibration" in broken.stderr
