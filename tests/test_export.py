@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,12 @@ def test_machine_info_reads_system_release_and_machine_from_the_platform_string(
     assert (info["system"], info["release"], info["machine"]) == parts
     assert info["node"] == "h" and info["python_implementation"] == "CPython"
     assert info["cpu"] == {"brand_raw": "AMD EPYC", "count": 2, "arch_string_raw": parts[2]}
+
+
+def test_export_imports_no_heavy_library(tmp_path: Path) -> None:
+    probe = ("import sys; from bench.cli import main; code = main(sys.argv[1:]); "
+             "print([m for m in ('torch', 'pandas', 'plotly', 'scipy') if m in sys.modules], code)")
+    proc = subprocess.run([sys.executable, "-c", probe, "export", str(V1), "--format", "pytest-benchmark",
+                           "--out", str(tmp_path / "pb.json")],
+                          env=cli_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout.splitlines()[-1] == "[] 0", proc.stderr
