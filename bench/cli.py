@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip results files that cannot be read, with a warning each (default: exit 2)")
     _plotlyjs_arg(p)
     p.set_defaults(func=cmd_history)
+    _export_parser(sub)
     return parser
 
 
@@ -166,6 +167,32 @@ def _ab_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-confirm", action="store_true", help="do not confirm a flagged case with fresh pairs")
     p.add_argument("--order-seed", type=int, metavar="N", help="seed of the pairs' order (default: fresh; recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a run in another tool's format (pytest-benchmark JSON)",
+                       description="Convert a results file for other tools. pytest-benchmark: one benchmark per ok "
+                                   "case, the seconds of one training step per trial (lower is better, ops = steps "
+                                   "per second), throughput and parameters in extra_info.")
+    p.add_argument("results", type=Path, help="results.json (or a folder holding one)")
+    p.add_argument("--format", required=True, metavar="FORMAT", help="the format to write: pytest-benchmark")
+    p.add_argument("--out", type=Path, metavar="FILE", help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench import export
+
+    exported = export.export_run(args.results, args.format)  # fully built before anything is written
+    for warning in exported.warnings:
+        print(f"bench: warning: {warning}", file=sys.stderr)
+    if args.out is None:
+        sys.stdout.write(exported.text)
+    else:
+        from bench.results import write_output
+
+        print(f"exported {exported.count} benchmark(s): {write_output(args.out, exported.text)}")
+    return EXIT_OK
 
 
 def _version() -> str:

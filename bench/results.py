@@ -275,10 +275,11 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    """Nested dicts as dotted keys (``params.model.name``) with their leaf values, into ``out``."""
     if isinstance(value, dict):
         for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+            flatten(f"{prefix}.{k}" if prefix else k, v, out)
     else:
         out[prefix] = value
 
@@ -293,11 +294,11 @@ def to_dataframe(runs: list[Run]) -> pd.DataFrame:
         for case in run.cases:
             row: dict[str, Any] = {"run": run.label, "suite": run.doc.suite.name, "id": case.id,
                                    "status": case.status, "error": case.error}
-            _flatten("params", case.params.as_dict(), row)
+            flatten("params", case.params.as_dict(), row)
             if case.metrics is not None:
                 metrics = dump(case.metrics)
                 low, high = metrics["throughput"].pop("ci95")
-                _flatten("metrics", metrics, row)
+                flatten("metrics", metrics, row)
                 row["metrics.throughput.ci95_low"], row["metrics.throughput.ci95_high"] = low, high
             rows.append(row)
     return pd.DataFrame(rows)

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import bench
 from scipy.stats import mannwhitneyu
 
 from bench import ab, pairs
 from bench.records import ABDoc, ResultsDoc
 from bench.rounds import CaseState
 from bench.suite import Case, CaseParams
-from conftest import bench
 
 # --- the order of the halves ---------------------------------------------------------------------
 
