@@ -5,7 +5,7 @@
 #   bash scripts/gpu-smoke.sh [OUT_DIR]
 # It runs suites/gpu-smoke.yaml (cuda, dp at world_size 1, ddp with nccl at world_size 1, the CNN)
 # and prints each case's key fields, then the tests marked `cuda` (tests/test_cuda.py: every
-# collector on a real GPU). Exit status: the suite's, or the tests' if the suite passed.
+# collector on a real GPU), after a short `bench aa` of the cuda case (paired halves on a GPU). Exit status: the suite's, or the tests' if the suite passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-/tmp}/gpu-smoke}"
@@ -47,6 +47,10 @@ for c in doc["cases"]:
           "collector errors=%s" % {k: v.get("error") for k, v in col.items() if (v or {}).get("error")})
 PY
 fi
+# bench ab on the GPU: the same code on both sides (an A/A), paired halves on CUDA; a short budget.
+python3 -m bench aa suites/gpu-smoke.yaml --only cuda --out "$out-aa" --min-pairs 10 --max-time 4 --quiet
+echo "bench aa exit: $?"
+[ -f "$out-aa/ab.json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print('aa', c['id'], c['verdict'], c['pairs'], c['message']) for c in d['cases']]" "$out-aa/ab.json"
 python3 -m pytest -q -m cuda -p no:cacheprovider tests
 tests=$?
 [ "$status" -ne 0 ] && exit "$status"

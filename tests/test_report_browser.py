@@ -264,3 +264,46 @@ def test_a_report_in_rounds_draws_its_findings_effects_panels_and_trials(open_re
     assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     opened.screenshot_views(tmp_path)
+
+
+def test_the_ab_page_leads_with_its_verdicts_and_draws_each_cases_pairs(open_report: Any, tmp_path: Path) -> None:
+    import random
+
+    from bench.records import ABDoc
+    from bench.report import ab as ab_report
+
+    doc = make_doc(3, version=2, problems=False, profile=False, scaling=False, gpu=False)
+    for label in ("base", "new"):
+        write_doc(tmp_path / label, doc)
+    rng = random.Random(1)
+    ids = [c["id"] for c in doc["cases"]]
+    ratios = [rng.gauss(-0.08, 0.05) for _ in range(60)]
+    stage = {"pairs": 30, "trimmed": 0, "answer": "regression", "ratio": 0.92, "low": 0.9, "high": 0.94, "p": 1e-6,
+             "sd": 0.05, "stop_reason": "answer", "measured_s": 6.0}
+    case = {"id": ids[0], "params": doc["cases"][0]["params"], "verdict": "regression", "ratio": 0.92, "low": 0.9,
+            "high": 0.94, "confidence": 0.99, "p": 1e-9, "p_adjusted": 2e-9, "pairs": 60,
+            "message": f"regression {EVIL}", "stages": [{**stage, "kind": "initial"}, {**stage, "kind": "confirmation"}],
+            "log_ratios": ratios, "base_first": [i % 2 == 0 for i in range(60)],
+            "stage_of_pair": [0] * 30 + [1] * 30, "counted": [i > 1 for i in range(60)],
+            "pair_start_s": [0.2 * i for i in range(60)]}
+    other = {"id": ids[1], "params": doc["cases"][1]["params"], "verdict": "skipped", "message": "skipped: ddp",
+             "error": "ddp"}
+    side = {"spec": ".", "directory": str(tmp_path), "python": "python"}
+    ab_doc = ABDoc.model_validate({
+        "kind": "ab", "suite": doc["suite"], "run": doc["run"], "environment": doc["environment"],
+        "base": {**side, "label": "base"}, "new": {**side, "label": "new"},
+        "settings": {"threshold": 0.03, "confidence": 0.99, "min_pairs": 20, "check_every": 10, "max_pairs": 400,
+                     "max_time": 40.0, "half_windows": 2, "confirm": True, "order_seed": 3},
+        "cases": [case, other]})
+    page_path = tmp_path / "ab.html"
+    page_path.write_text(ab_report.html(ab_doc, tmp_path), encoding="utf-8")
+    opened = open_report(page_path)
+    page = opened.page
+    assert opened.views()[0] == "ab"
+    verdicts = page.locator("#view-ab table").first
+    assert "regression" in verdicts.inner_text() and "confirmed: 30 fresh pairs said regression" in verdicts.inner_text()
+    assert EVIL in verdicts.inner_text()  # shown as text, never run
+    # 58 counted pairs in two colours and 2 trimmed as warm-up, all drawn.
+    assert page.locator("#view-ab .js-plotly-plot g.trace.scatter .point").count() == 60
+    assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
+    page.locator("#view-ab").screenshot(path=str(tmp_path / "view-ab.png"))

@@ -34,6 +34,23 @@ def _confirmation(case: ABCaseRecord) -> str:
     return f"{agreed}: {second.pairs} fresh pairs said {said}"
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(case: ABCaseRecord, width: int = 16) -> str:
+    """The per-pair changes in time order, as medians of ``width`` consecutive blocks, drawn from
+    the most negative (▁) to the most positive (█) within ±max: a drift or a burst shows as a shape."""
+    import statistics
+
+    values = [v for v, c in zip(case.log_ratios, case.counted, strict=False) if c]
+    if len(values) < 2:
+        return ""
+    size = max(1, math.ceil(len(values) / width))
+    blocks = [statistics.median(values[i:i + size]) for i in range(0, len(values), size)]
+    top = max(abs(b) for b in blocks) or 1.0
+    return "".join(SPARKS[min(7, int((b / top + 1) / 2 * 8))] for b in blocks)
+
+
 def headline(doc: ABDoc) -> str:
     counts: dict[str, int] = {}
     for c in doc.cases:
@@ -59,18 +76,19 @@ def markdown(doc: ABDoc) -> str:
         f"pairs interleaved in one job; order seed {s.order_seed})", "",
         f"- base: {_side(doc, 'base')}",
         f"- new: {_side(doc, 'new')}", "",
-        "| | case | verdict | change new/base | pairs | confirmation |",
-        "|---|---|---|---|---:|---|",
+        "| | case | verdict | change new/base | pairs | confirmation | pairs over time |",
+        "|---|---|---|---|---:|---|---|",
     ]
     for c in doc.cases:
         lines.append(f"| {MARK.get(c.verdict, '')} | `{c.id}` | {c.verdict} | {_change(c)} | {c.pairs} | "
-                     f"{_confirmation(c)} |")
+                     f"{_confirmation(c)} | {sparkline(c)} |")
     lines += ["", "<details><summary>What each verdict rests on</summary>", ""]
     lines += [f"- `{c.id}`: {c.message}" for c in doc.cases]
     lines += ["", "Change: throughput of new over base (negative: slower), Hodges-Lehmann over pairs, with its "
               f"{s.confidence:.0%} Wilcoxon signed-rank interval. Each pair measured both sides back to back in "
               "a balanced random order, so the machine's drift cancels within it. A flagged case is measured "
-              "again with fresh pairs before it counts.", "", "</details>", ""]
+              "again with fresh pairs before it counts. Pairs over time: the per-pair changes in time order "
+              "(medians of blocks, lowest ▁ to highest █).", "", "</details>", ""]
     return "\n".join(lines)
 
 
