@@ -348,3 +348,32 @@ def test_aa_saves_a_calibration_that_compare_reads(tmp_path: Path) -> None:
     assert "unpaired" in compared.stdout
     broken = bench("compare", out / "base", out / "new", "--calibration", suite, cwd=tmp_path)
     assert broken.returncode == 2 and len(broken.stderr_lines) == 1 and "calibration" in broken.stderr
+
+
+def test_an_interpreter_that_cannot_import_bench_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    side(tmp_path / "a", "a", 1)
+    result = bench("ab", suite, "--base", "a", "--new", "a", "--new-python", "/bin/false", "--out", tmp_path / "out",
+                   *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr_lines == ["bench: /bin/false: cannot import bench (no output); install bench into that "
+                                   "environment"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_revision_side_runs_from_the_same_subfolder_of_its_checkout(tmp_path: Path) -> None:
+    from bench import sides
+
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "sub" / "x.txt").write_text("x", encoding="utf-8")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    with sides.open_sides("HEAD", "HEAD", base_python="python", new_python="python", cwd=repo / "sub") as (b, n):
+        assert b.directory.name == "sub" and (b.directory / "x.txt").exists()
+        assert b.directory != n.directory and b.revision == n.revision
+        checkout = b.directory.parent
+    assert not checkout.exists()
+    assert git(repo, "worktree", "list").count("\n") == 0
