@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--order-seed", type=int, metavar="N",
                    help="seed of the rounds' random order (default: a fresh one; either way it is recorded)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not measure the machine-speed reference in every round (no relative throughput)")
     multi = p.add_argument_group("multi-node (ddp cases; passed to torch.distributed.run's c10d rendezvous)")
     multi.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
     multi.add_argument("--node-rank", type=int, default=0, help="this node's rank; only node 0 writes results")
@@ -309,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with observer:
             outcome = runner.run_suite(suite, out_dir, argv=sys.argv, overrides=args.overrides,
                                        only=args.only, observer=observer, cluster=cluster, previous=previous,
-                                       order_seed=args.order_seed)
+                                       order_seed=args.order_seed, reference=not args.no_reference)
     except runner.Interrupted as exc:
         _finish_report(out_dir, args)
         print(f"bench: {exc}", file=sys.stderr)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -60,6 +60,7 @@ VERDICT_ORDER: dict[str, int] = {"regression": 0, "improvement": 1, "inconclusiv
 ALPHA = 0.05
 MIN_SAMPLES = 5
 RESAMPLES = 2000
+RELATIVE_UNIT = "x reference (throughput relative to the machine-speed reference)"
 SEED = 20240601
 
 
@@ -88,6 +89,8 @@ class MetricComparison:
     p_raw: float | None = None
     unit: str = "trials"  # what one sample is: a trial in rounds, or a window of one stretch (version 1)
     noise_floor: float | None = None  # changes within it cannot be told from drift between the runs
+    relative: bool = False  # tested on throughput relative to the machine-speed reference of each round
+    raw_change: float | None = None  # the change of raw throughput, beside a relative one
 
 
 @dataclass(frozen=True)
@@ -234,10 +237,10 @@ def judge(rule: Rule, change: float, ci: tuple[float, float] | None, p_value: fl
 
 
 def _message(verdict: Verdict, rule: Rule, case_id: str, base: float, new: float, change: float,
-             ci: tuple[float, float] | None, p: float | None, correction: str) -> str:
+             ci: tuple[float, float] | None, p: float | None, correction: str, unit: str | None = None) -> str:
     if verdict == "regression":
-        return "Regression: " + rule.failure_message(case_id, base, new, change, ci, p, correction)
-    seen = rule.observation(case_id, base, new, change, ci, p, correction)
+        return "Regression: " + rule.failure_message(case_id, base, new, change, ci, p, correction, unit)
+    seen = rule.observation(case_id, base, new, change, ci, p, correction, unit)
     size = pct(rule.threshold, signed=False)
     if verdict == "improvement":
         return f"Improvement: {seen}; better by at least the {size} of the rule {rule}."
@@ -260,6 +263,7 @@ class _Pending:
     pair: int | None  # index into the sample pairs, None for a single-value metric
     unit: str = "value"
     floor: float | None = None
+    raw: tuple[float, float] | None = None  # raw medians (base, new) when the values are relative
 
 
 def _inconclusive(case_id: str, rule: Rule, why: str, base: float = math.nan, new: float = math.nan,
@@ -283,6 +287,13 @@ def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, 
     # where a side has no trials to speak of (version-1 results) do windows stand in, and say so.
     unit = "trials" if all(len(c.trials or []) >= 2 for c in (b_case, n_case)) else "windows"
     b_samples, n_samples = np.asarray(spec.samples(b_case, unit)), np.asarray(spec.samples(n_case, unit))
+    raw: tuple[float, float] | None = None
+    relative = [_relative(c) for c in (b_case, n_case)] if rule.metric == "throughput" and unit == "trials" else []
+    if relative and relative[0] and relative[1]:
+        # Both runs measured the machine-speed reference in every round: the test, the change and
+        # the noise floor use throughput relative to it, in which the drift common to both cancels.
+        raw = (float(np.median(b_samples)), float(np.median(n_samples)))
+        b_samples, n_samples = np.asarray(relative[0]), np.asarray(relative[1])
     n = (len(b_samples), len(n_samples))
     if spec.samples_key is not None and min(n) > 0:
         b_value: float | None = float(np.median(b_samples))
@@ -299,16 +310,25 @@ def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, 
         return _inconclusive(case_id, rule, f"has too few {rule.metric} {unit} to test ({n[0]} in {base.label}, "
                                             f"{n[1]} in {new.label}; need {min_samples})", b_value, n_value, n)
     pairs.append((b_samples, n_samples))
-    floor = calibration.floor(case_id) if calibration is not None else own_floor(b_case, n_case)
-    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1, unit, floor)
+    floor = (calibration.floor(case_id) if calibration is not None
+             else own_floor(b_samples, n_samples) if unit == "trials" else None)
+    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1, unit, floor, raw)
 
 
-def own_floor(*cases: CaseRecord) -> float | None:
-    """The noise floor from the runs themselves: the largest p90/p10 - 1 of a case's trial medians
-    within one run (at least 5 trials); None without trials (version-1 results)."""
+def _relative(case: CaseRecord) -> list[float] | None:
+    """The case's trials over the reference of their rounds, when every trial has one."""
+    trials = case.trials or []
+    if not trials or any(t.reference is None for t in trials):
+        return None
+    return [t.median / t.reference for t in trials if t.reference is not None]
+
+
+def own_floor(*samples: Iterable[float]) -> float | None:
+    """The noise floor from the runs themselves: the largest p90/p10 - 1 of a case's trial values
+    within one run (at least 5 trials)."""
     from bench.calibration import spread
 
-    found = [spread([t.median for t in c.trials or []], block=1) for c in cases]
+    found = [spread([float(v) for v in s], block=1) for s in samples]
     known = [f for f in found if f is not None]
     return max(known) if known else None
 
@@ -353,17 +373,23 @@ def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None,
         ci, p, p_raw = (cis[k], adjusted[k], raw[k]) if k is not None else (None, None, None)
         change = item.new / item.base - 1
         verdict = judge(item.rule, change, ci, p, alpha)
-        message = _message(verdict, item.rule, item.case_id, item.base, item.new, change, ci, p, name)
+        unit = RELATIVE_UNIT if item.raw is not None else None
+        message = _message(verdict, item.rule, item.case_id, item.base, item.new, change, ci, p, name, unit)
         if _within_floor(verdict, change, item.floor):
             assert item.floor is not None
-            seen = item.rule.observation(item.case_id, item.base, item.new, change, ci, p, name)
+            seen = item.rule.observation(item.case_id, item.base, item.new, change, ci, p, name, unit)
             verdict = "inconclusive"
             message = (f"Inconclusive: {seen}; within the noise floor of ±{item.floor:.1%} between runs made at "
                        f"different times ({source}), so the runs cannot tell it from the machine's drift; "
                        f"`bench ab` measures both versions in pairs and can.")
+        raw_change = None
+        if item.raw is not None:
+            raw_change = item.raw[1] / item.raw[0] - 1
+            message += (f" Raw throughput {item.raw[0]:,.4g} to {item.raw[1]:,.4g} samples/s ({pct(raw_change)}); "
+                        f"the relative figure divides each trial by the machine-speed reference of its round.")
         rows.append(MetricComparison(
             item.case_id, item.rule.metric, item.base, item.new, change, ci, p, verdict, message,
-            str(item.rule), item.n_base, item.n_new, p_raw, item.unit, item.floor))
+            str(item.rule), item.n_base, item.n_new, p_raw, item.unit, item.floor, item.raw is not None, raw_change))
     return Comparison(base.label, new.label, rows, added, removed,
                       differences(base.environment, new.environment), chosen, alpha, correction,
                       base.environment, new.environment, source)
@@ -448,6 +474,8 @@ def _md_table(rows: list[MetricComparison]) -> list[str]:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         change = pct(r.change) if math.isfinite(r.change) else "-"
+        if r.relative and r.raw_change is not None:
+            change += f" relative (raw {pct(r.raw_change)})"
         lines.append(f"| {_md(r.case_id)} | {r.metric} | {_num(r.base)} | {_num(r.new)} | {change} | "
                      f"{_ci_text(r.ci95)} | {_p_text(r.p_value)} | {_ICON[r.verdict]} {r.verdict} |")
     return lines
@@ -473,6 +501,9 @@ def to_markdown(comparison: Comparison) -> str:
              f"(made at different times); each test's samples are the cases' trials"
              + (", or for version-1 results the windows of one stretch, which understate run-to-run noise"
                 if any(r.unit == "windows" for r in c.rows) else "") + "." + floor_text
+             + (" Throughput is compared relative to the machine-speed reference measured in every round of both "
+                "runs (each trial over the reference's throughput in its round), which cancels most of the drift "
+                "between the runs; the raw change is shown beside it." if any(r.relative for r in c.rows) else "")
              + "".join(f" `{r.metric}` has one value per run and is judged by the ratio alone."
                        for r in c.rules if r.spec.samples_key is None), ""]
     if c.env_differences:

@@ -120,6 +120,16 @@ class StepTime(Record):
     source: str | None = Field(default=None, description="`per_step` (timed steps) or `window_mean` (CUDA).")
 
 
+class RelativeThroughput(Record):
+    """A case's throughput over the machine-speed reference's throughput in the same round: the
+    drift common to both cancels, so runs made at different times compare on it."""
+
+    median: Positive = Field(description="Median over rounds of the per-round ratio.")
+    ci95: list[Positive] = Field(min_length=2, max_length=2, description="95% order-statistic interval over rounds.")
+    trials: int = Field(ge=1, description="Rounds the ratio rests on.")
+    unit: str = "x reference"
+
+
 class Metrics(Record):
     throughput: Throughput
     step_time_ms: StepTime
@@ -143,6 +153,8 @@ class Metrics(Record):
     trials: int | None = Field(default=None, ge=0, description="Trials measured (rounds the case took part in).")
     trimmed_windows: int | None = Field(default=None, ge=0, description="Windows dropped as warm-up inside trials.")
     unstable: bool | None = Field(default=None, description="Some trial drifted beyond 10% inside itself.")
+    relative: RelativeThroughput | None = Field(
+        default=None, description="Throughput over the reference's in the same round (null without a reference).")
 
 
 class Samples(Record):
@@ -168,6 +180,8 @@ class TrialRecord(Record):
     drift: float = Field(default=0.0, description="Relative change between the trial's own segments.")
     stable: bool = Field(default=True, description="Whether that change is within 10%.")
     windows: list[Positive] = Field(description="Per-window throughput, samples/s, warm-up included.")
+    reference: Positive | None = Field(
+        default=None, description="The machine-speed reference's throughput in the same round, samples/s.")
 
 
 class CollectorRecord(Record):
@@ -317,6 +331,22 @@ class ScalingEntry(Record):
     efficiency: NonNeg
 
 
+class ReferenceTrial(Record):
+    round: int = Field(ge=0)
+    median: Positive = Field(description="The reference's throughput that round, samples/s.")
+    index: Positive = Field(description="That throughput over the median of every round's: the round's machine speed.")
+
+
+class ReferenceInfo(Record):
+    """The machine-speed reference measured in every round (``bench.reference``)."""
+
+    description: str = Field(description="What the reference's training step is.")
+    params: dict[str, Any] = Field(description="Its case parameters.")
+    trial_s: Positive = Field(description="Seconds of its trial in each round.")
+    trials: list[ReferenceTrial] = Field(default_factory=list)
+    error: str | None = Field(default=None, description="Why it could not be measured (the run goes on without it).")
+
+
 class RoundsInfo(Record):
     """How the run's rounds went: enough to replay their order."""
 
@@ -324,6 +354,7 @@ class RoundsInfo(Record):
     completed: int = Field(ge=0, description="Rounds completed.")
     orders: list[list[str]] = Field(description="The case ids of each round, in the order they ran.")
     estimator: str = Field(description="How a case's estimate and interval come from its trials.")
+    reference: ReferenceInfo | None = Field(default=None, description="The machine-speed reference, if measured.")
 
 
 class EffectRecord(Record):

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from bench import trials as stats
 from bench import userpath
 from bench.measure import step_time_summary, thin
+from bench.reference import REFERENCE_ID
 from bench.suite import Case
 
 if TYPE_CHECKING:
@@ -247,9 +248,11 @@ def run_round(states: list[CaseState], order: list[str], round_: int, origin: fl
         if state.status != "ok":
             continue
         m = state.case.params.measure
-        # The collectors watch the first process, which also does their extra work at the end.
-        repeat = 0 if collect else round_ % len(state.workers)
-        answer = state.workers[repeat].request({"op": "trial", "seconds": m.trial_seconds, "collect": collect},
+        # The collectors watch the first process, which also does their extra work at the end; the
+        # machine-speed reference has none, so its turn in the collector round is like any other.
+        collecting = collect and state.case.id != REFERENCE_ID
+        repeat = 0 if collecting else round_ % len(state.workers)
+        answer = state.workers[repeat].request({"op": "trial", "seconds": m.trial_seconds, "collect": collecting},
                                                timeout=state.case.params.timeout)
         if answer.get("status") != "ok":
             state.fail(answer)
@@ -320,6 +323,11 @@ def case_result(state: CaseState) -> dict[str, Any]:
         warnings.append(f"unstable: throughput drifted within {len(unstable)} of {len(trials)} trials, "
                         f"by up to {worst['drift']:+.1%} (round {worst['round']})")
     trimmed = sum(t["trimmed"] for t in trials)
+    ratios = [t["median"] / t["reference"] for t in trials if t.get("reference")]
+    relative = None
+    if len(ratios) >= 2:
+        rel = stats.estimate(ratios)
+        relative = {"median": rel.point, "ci95": [rel.low, rel.high], "trials": len(ratios)}
     metrics: dict[str, Any] = {
         "throughput": {"median": est.point, "mean": sum(medians) / len(medians),
                        "ci95": [est.low, est.high], "ci_rel_half_width": None if math.isinf(half) else half,
@@ -340,6 +348,7 @@ def case_result(state: CaseState) -> dict[str, Any]:
         "trimmed_windows": trimmed,
         "unstable": len(unstable) >= 2 and len(unstable) > UNSTABLE_SHARE * len(trials),
         "repeats": len({t["repeat"] for t in trials}),
+        "relative": relative,
         **{k: v for k, v in (state.final.get("metrics") or {}).items()},
     }
     for key in ("cuda_peak_allocated_mb", "cuda_peak_reserved_mb"):
@@ -353,8 +362,8 @@ def case_result(state: CaseState) -> dict[str, Any]:
         "samples": {"clock_origin": origin, "window_start_s": starts, "window_s": window_s, "window_throughput": windows,
                     "step_time_ms": steps_ms, "local_window_s": [w for t in trials for w in t["local_window_s"]],
                     "window_trial": [i for i, t in enumerate(trials) for _ in t["windows"]]},
-        "trials": [{k: t[k] for k in ("round", "position", "start_s", "repeat", "median", "trimmed", "drift",
-                                     "stable", "windows")} for t in trials],
+        "trials": [{**{k: t[k] for k in ("round", "position", "start_s", "repeat", "median", "trimmed", "drift",
+                                        "stable", "windows")}, "reference": t.get("reference")} for t in trials],
         "collectors": collectors,
     }
     for key in ("ranks", "backend"):

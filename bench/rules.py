@@ -127,7 +127,8 @@ class Rule:
         return -size < ci[0] and ci[1] < size
 
     def observation(self, case_id: str, base: float, new: float, change: float,
-                    ci: tuple[float, float] | None, p_value: float | None, correction: str) -> str:
+                    ci: tuple[float, float] | None, p_value: float | None, correction: str,
+                    unit: str | None = None) -> str:
         """What was measured, e.g. ``case 'mlp-sgd': throughput fell by 9.1% (95% CI -10.3% to
         -7.8%, p = 0.0002 after Benjamini-Hochberg), from 6,656 to 6,052 samples/s``."""
         way = "rose" if change > 0 else "fell" if change < 0 else "did not change"
@@ -140,12 +141,13 @@ class Rule:
             stats.append("one value per run, so no test")
         by = f" by {pct(change, signed=False)}" if change else ""
         return (f"case {case_id!r}: {self.metric} {way}{by} ({', '.join(stats)}), "
-                f"from {base:,.4g} to {new:,.4g} {self.spec.unit}")
+                f"from {base:,.4g} to {new:,.4g} {unit or self.spec.unit}")
 
     def failure_message(self, case_id: str, base: float, new: float, change: float,
-                        ci: tuple[float, float] | None, p_value: float | None, correction: str) -> str:
+                        ci: tuple[float, float] | None, p_value: float | None, correction: str,
+                        unit: str | None = None) -> str:
         """The sentence a failed check prints: the observation, then the rule that it breaks."""
-        return (f"{self.observation(case_id, base, new, change, ci, p_value, correction)}; "
+        return (f"{self.observation(case_id, base, new, change, ci, p_value, correction, unit)}; "
                 f"the rule {self} fails when {self.describe()}.")
 
 

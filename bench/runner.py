@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +26,24 @@ import psutil
 from pydantic import ValidationError
 
 from bench import environment, userpath
+from bench import reference as reference_mod
 from bench import rounds as rounds_mod
 from bench import trials as trial_stats
 from bench.effects import effects
 from bench.errors import UsageError
 from bench.launch import Cluster, run_ddp_case, skip_reason
 from bench.processes import kill_tree
-from bench.records import CaseRecord, EffectRecord, Environment, ResultsDoc, RoundsInfo, SuiteInfo, finite
+from bench.records import (
+    CaseRecord,
+    EffectRecord,
+    Environment,
+    ReferenceInfo,
+    ReferenceTrial,
+    ResultsDoc,
+    RoundsInfo,
+    SuiteInfo,
+    finite,
+)
 from bench.results import ResultsWriter, describe_validation, now, prepare_output
 from bench.rounds import (
     ESTIMATOR,
@@ -277,7 +289,7 @@ def _groups(states: list[CaseState], cluster: Cluster) -> list[list[CaseState]]:
 def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[str] | None = None,
               only: str | None = None, observer: Observer | None = None, cluster: Cluster | None = None,
               previous: ResultsDoc | None = None, order_seed: int | None = None,
-              after_case: Callable[[ResultsWriter], None] | None = None) -> RunOutcome:
+              after_case: Callable[[ResultsWriter], None] | None = None, reference: bool = True) -> RunOutcome:
     """Measure every case of ``suite`` in randomized rounds (``bench.rounds``), each case in a
     process of its own, and write ``out_dir/results.json`` after every round and every finished case.
 
@@ -286,7 +298,10 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     multi-node run, ddp cases run their share of ranks and nothing is written.
 
     ``previous`` is the document of an interrupted run in ``out_dir`` (``--resume``): its finished
-    cases are kept as they are, and cases interrupted between rounds go on with their trials."""
+    cases are kept as they are, and cases interrupted between rounds go on with their trials.
+
+    ``reference``: measure the machine-speed reference in every round (``bench.reference``; on one
+    node only: across nodes a round holds one ddp case)."""
     obs = observer or _Silent()
     cluster = cluster or Cluster()
     if cluster.node_rank != 0:
@@ -325,6 +340,12 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
     # The run's rounds as results.json records them; the writer holds this one record.
     log = RoundsInfo(seed=seed, completed=completed, estimator=ESTIMATOR,
                      orders=list(previous.rounds.orders) if previous is not None and previous.rounds else [])
+    if previous is not None and previous.rounds is not None and previous.rounds.reference is not None:
+        log.reference = previous.rounds.reference
+    elif reference and not cluster.multi_node and suite.cases:
+        ref = reference_mod.reference_case(suite.cases)
+        log.reference = ReferenceInfo(description=reference_mod.DESCRIPTION, params=ref.params_json(),
+                                      trial_s=ref.params.measure.trial_seconds)
     writer = ResultsWriter(out_dir, suite=SuiteInfo(name=suite.name, path=suite.path, source=suite.source),
                            environment=env, run=run_info, cases=[*done, *partial.values()],
                            rounds=log)
@@ -397,7 +418,8 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
             close(state)
     if not live:
         return
-    ids = [s.case.id for s in live]
+    ref = _start_reference(group, launcher, out_dir, log)
+    ids = [s.case.id for s in live] + ([ref.case.id] if ref is not None else [])
     budget = max(rounds_mod.max_rounds(s.case) for s in live) + 1
     orders = trial_stats.round_orders(ids, budget, log.seed + log.completed)
     for i in range(budget):
@@ -408,9 +430,13 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
         last = not wanting
         if last:  # every case has its trials: one more round, with the collectors on
             wanting = {s.case.id for s in live if s.status == "ok"}
+        if ref is not None and ref.status == "ok":
+            wanting.add(ref.case.id)
         order = [c for c in orders[i] if c in wanting]
-        ran = run_round(live, order, log.completed, origin, collect=last,
-                        on_trial=lambda s: obs.trial_finished(s.case, len(s.trials)))
+        ran = run_round([*live, *([ref] if ref is not None else [])], order, log.completed, origin, collect=last,
+                        on_trial=lambda s: obs.trial_finished(s.case, len(s.trials)) if s is not ref else None)
+        if ref is not None:
+            _index_round(ref, live, log)
         log.orders.append(ran)
         log.completed += 1
         for state in live:
@@ -421,6 +447,8 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
                 save(state)
         if last:
             break
+    if ref is not None:
+        rounds_mod.stop_workers(ref)
     for state in live:
         if state.closed:
             continue
@@ -431,6 +459,43 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
             shutil.rmtree(out_dir / "ranks" / state.case.id, ignore_errors=True)
         state.closed = True
         close(state)
+
+
+def _start_reference(group: list[CaseState], launcher: CaseLauncher, out_dir: Path,
+                     log: RoundsInfo) -> CaseState | None:
+    """The group's machine-speed reference, started and warmed up; None when the run has none or
+    it could not start (the reason is recorded, and the cases go on without it)."""
+    info = log.reference
+    if info is None or info.error is not None:
+        return None
+    case = reference_mod.reference_case([s.case for s in group])
+    state = CaseState(case, out_dir / "logs" / "reference.log")
+    start_case(state, lambda i: start_process(launcher, case, None, state.log_path), 1)
+    if state.status != "ok":
+        info.error = state.error
+        return None
+    return state
+
+
+def _index_round(ref: CaseState, live: list[CaseState], log: RoundsInfo) -> None:
+    """Give the round just run its machine-speed index: the reference's trial, recorded in the run
+    and on every case's trial of that round. A reference that failed is dropped, with its reason."""
+    info = log.reference
+    assert info is not None
+    if ref.status != "ok":
+        info.error = info.error or ref.error
+        return
+    last = next((t for t in reversed(ref.trials) if t["round"] == log.completed), None)
+    if last is None:
+        return
+    info.trials.append(ReferenceTrial(round=log.completed, median=last["median"], index=1.0))
+    middle = statistics.median(t.median for t in info.trials)
+    for t in info.trials:
+        t.index = t.median / middle
+    for state in live:
+        for trial in state.trials:
+            if trial["round"] == log.completed:
+                trial["reference"] = last["median"]
 
 
 def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:

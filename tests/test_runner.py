@@ -114,15 +114,26 @@ def test_cases_take_turns_in_randomized_rounds_that_the_results_record(runner_ru
     rounds = doc["rounds"]
     ok = [r.id for r in runner_run.outcome.records if r.status == "ok"]
     assert rounds["completed"] == len(rounds["orders"]) >= 7  # min_rounds 6, plus the collector round
-    # The two cases that measure share every round, in an order that varies between rounds.
-    assert all(sorted(order) == sorted(ok) for order in rounds["orders"])
-    assert len({tuple(order) for order in rounds["orders"]}) == 2
+    # The two cases that measure share every round with the machine-speed reference, in an order
+    # that varies between rounds.
+    assert all(sorted(order) == sorted([*ok, "(reference)"]) for order in rounds["orders"])
+    assert len({tuple(order) for order in rounds["orders"]}) > 1
+    reference = rounds["reference"]
+    assert reference["error"] is None
+    assert [t["round"] for t in reference["trials"]] == list(range(rounds["completed"]))
     for record in runner_run.outcome.records:
         if record.status != "ok":
             continue
         assert record.trials is not None
         assert [t.round for t in record.trials] == list(range(rounds["completed"]))
         assert all(rounds["orders"][t.round][t.position] == record.id for t in record.trials)
+        # Each trial knows the reference's throughput in its round; the case's relative throughput
+        # is the median of its trials over those.
+        by_round = {t["round"]: t["median"] for t in reference["trials"]}
+        assert [t.reference for t in record.trials] == [by_round[t.round] for t in record.trials]
+        assert record.metrics is not None and record.metrics.relative is not None
+        ratios = sorted(t.median / by_round[t.round] for t in record.trials)
+        assert ratios[0] <= record.metrics.relative.median <= ratios[-1]
         assert record.metrics is not None and record.metrics.trials == len(record.trials)
     # A case whose process died in a trial took no more turns.
     raising = runner_run.outcome.records[1]
