@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip results files that cannot be read, with a warning each (default: exit 2)")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="write every change point (case, runs and commits before and after, change, interval) as JSON")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="noise floor from `bench aa --save FILE` (default: twice each series' own noise)")
     _plotlyjs_arg(p)
     p.set_defaults(func=cmd_history)
     _export_parser(sub)
@@ -440,12 +444,19 @@ def cmd_ab(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from bench import history
 
-    found = history.load_history(args.results_dir, skip_invalid=args.skip_invalid)
+    calibration = None
+    if args.calibration is not None:
+        from bench import calibration as calibration_mod
+
+        calibration = calibration_mod.load(args.calibration)
+    found = history.load_history(args.results_dir, skip_invalid=args.skip_invalid, calibration=calibration)
     for problem in found.skipped:
         print(f"bench: warning: skipped {problem}", file=sys.stderr)
     for warning in found.warnings:
         print(f"bench: warning: {warning}", file=sys.stderr)
     path = history.write_history(found, args.out, inline_plotlyjs=not args.link_plotlyjs)
+    if args.json:
+        history.write_json(found, args.json)
     print(f"history: {len(found.runs)} run(s), {len(found.series)} series, "
           f"{sum(len(s.change_points) for s in found.series)} change point(s): {path}")
     return EXIT_OK

@@ -149,3 +149,93 @@ def test_trend_page_draws_every_figure_in_a_browser_and_shows_names_as_text(hist
         assert sorted(markers) == [0, 1, 1]
         browser.close()
     assert errors == [] and dialogs == []
+
+
+# --- change points beyond the noise: repeats, the machine-speed reference, tentative points ---------
+
+from bench.history import find_change_points  # noqa: E402
+
+
+def test_runs_of_one_commit_are_repeats_and_never_hold_a_change_point() -> None:
+    # Six runs of one commit on a machine that slowed by a quarter halfway: raw values with a step,
+    # but no commit boundary for the code to have changed at.
+    values = [1000.0, 1010, 990, 760, 750, 770]
+    found, _ = find_change_points(values, ["a"] * 6)
+    assert found == []
+
+
+def test_a_step_between_commits_is_found_with_its_interval_and_the_runs_it_rests_on() -> None:
+    rng = np.random.default_rng(3)
+    values = list(1000 * np.exp(rng.normal(0, 0.02, 9)) * ([1.0] * 6 + [0.9] * 3))
+    found, floor = find_change_points(values, ["a"] * 6 + ["b"] * 3)
+    assert [c.index for c in found] == [6]
+    cp = found[0]
+    assert cp.low < -0.1 + 0.03 and cp.high > -0.1 - 0.03 and cp.low < cp.change < cp.high
+    assert (cp.runs_before, cp.runs_after, cp.tentative) == (6, 3, False)
+    assert abs(cp.change) > floor
+
+
+def test_a_step_within_the_noise_floor_is_not_a_change_point() -> None:
+    values = [1000.0] * 6 + [970.0] * 6
+    commits = [f"c{i}" for i in range(12)]
+    assert [c.index for c in find_change_points(values, commits)[0]] == [6]
+    assert find_change_points(values, commits, floor=0.05)[0] == []
+
+
+def test_a_change_point_with_few_runs_after_it_is_tentative() -> None:
+    values = [1000.0, 1004, 998, 1002, 1001, 999, 850, 852]
+    found, _ = find_change_points(values, [f"c{i}" for i in range(8)])
+    assert [(c.index, c.tentative) for c in found] == [(6, True)]
+
+
+def _with_reference(doc: dict[str, Any], relative: dict[str, float]) -> dict[str, Any]:
+    for case in doc["cases"]:
+        r = relative[case["id"]]
+        case["metrics"]["relative"] = {"median": r, "ci95": [r * 0.98, r * 1.02], "trials": 8}
+    return doc
+
+
+def _drifting_history(root: Path, step_in_sgd: float) -> Path:
+    """Nine runs, one commit each: the machine slows by 20% from the sixth run (raw throughput of
+    both cases falls), while throughput relative to the reference holds, except for a planted step
+    in the sgd case from the seventh run."""
+    base = json.loads((DATA / "base.json").read_text())
+    rng = np.random.default_rng(5)
+    for i in range(9):
+        machine = 1.0 if i < 5 else 0.8
+        doc = _scaled(base, machine * float(np.exp(rng.normal(0, 0.03))), f"2026-02-{i + 10:02d}T12:00:00+00:00",
+                      f"r{i}")
+        noise = np.exp(rng.normal(0, 0.01, 2))
+        sgd = 2.0 * (step_in_sgd if i >= 6 else 1.0) * float(noise[0])
+        _with_reference(doc, {"sgd": sgd, "adam": 1.0 * float(noise[1])})
+        (root / f"run-{i}").mkdir(parents=True)
+        (root / f"run-{i}" / "results.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_machine_drift_common_to_the_reference_and_the_cases_is_not_a_change_point(tmp_path: Path) -> None:
+    found = load_history(_drifting_history(tmp_path / "h", step_in_sgd=1.0))
+    assert all(s.relative for s in found.series)
+    assert [c for s in found.series for c in s.change_points] == []
+    # Raw throughput did fall by a fifth: the reference is what tells the machine from the code.
+    sgd = next(s for s in found.series if s.case_id == "sgd")
+    assert sgd.points[8].raw / sgd.points[0].raw < 0.9
+
+
+def test_a_step_in_one_case_is_found_in_that_case_only_and_listed_in_the_json(tmp_path: Path) -> None:
+    root = _drifting_history(tmp_path / "h", step_in_sgd=0.9)
+    out, listed = tmp_path / "trend.html", tmp_path / "cp.json"
+    proc = bench("history", root, "--out", out, "--json", listed)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(listed.read_text())
+    assert [(c["case_id"], c["run_after"]["commit"], c["values"]) for c in data["change_points"]] == [
+        ("sgd", "r6" * 5, "relative")]
+    cp = data["change_points"][0]
+    assert cp["run_before"]["commit"] == "r5" * 5 and cp["ci95"][0] < cp["change"] < cp["ci95"][1] < 0
+    assert cp["tentative"] is False and cp["runs_after"] == 3
+    assert "relative to the machine-speed reference" in out.read_text()
+
+
+def test_results_without_a_reference_still_load_and_are_labelled_raw(history_dir: Path) -> None:
+    found = load_history(history_dir, skip_invalid=True)
+    assert found.series and not any(s.relative for s in found.series)
