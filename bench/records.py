@@ -131,6 +131,12 @@ class Metrics(Record):
     measured_s: NonNeg | None = Field(default=None, description="Seconds inside timed windows.")
     warmup_s: NonNeg | None = None
     build_s: NonNeg | None = Field(default=None, description="Seconds to build the model, optimizer and data.")
+    compile_s: NonNeg | None = Field(
+        default=None, description="`compile`: seconds of the first step, where torch.compile compiles, before the "
+                                  "warm-up (the slowest rank's); null when not compiled.")
+    graph_breaks: int | None = Field(
+        default=None, ge=0, description="`compile`: graph breaks dynamo reported while compiling; null when not "
+                                        "compiled or torch does not expose the count.")
     stop_reason: str | None = Field(default=None, description="`target_ci` or `max_time`.")
     batch_per_process: int | None = Field(default=None, ge=1)
     cuda_peak_allocated_mb: NonNeg | None = None
