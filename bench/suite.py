@@ -44,7 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from bench import ids
 from bench.collectors.config import ProfilerConfig, Profiles
-from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
+from bench.components import ACTIVATIONS, COMPILE_MODES, LOSSES, OPTIMIZERS, PRECISIONS, TRANSFORMS
 from bench.errors import SuiteError
 from bench.models import MODELS, TORCHVISION_INPUT, TORCHVISION_PREFIX, check_import_path, torchvision_names
 from bench.registry import Registry
@@ -327,10 +327,6 @@ Mode = Literal["cpu", "cuda", "dp", "ddp", "fsdp"]
 # The modes whose ranks torchrun starts (bench.launch, bench.ddp_worker).
 LAUNCHED_MODES = ("ddp", "fsdp")
 
-# fp32: no autocast. bf16, fp16: autocast over forward and loss (under fsdp, FSDP2's
-# mixed-precision policy instead); fp16 with a gradient scaler on CUDA.
-Precision = Literal["fp32", "bf16", "fp16"]
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class CompileConfig(BaseModel):
@@ -339,8 +335,8 @@ class CompileConfig(BaseModel):
 
     model_config = _STRICT
     enabled: bool = Field(default=False, description="whether the model is compiled")
-    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = Field(
-        default=None, description="torch.compile's mode (default: torch's)")
+    mode: Annotated[str, _in(COMPILE_MODES)] | None = Field(default=None, description="torch.compile's mode "
+                                                                                       "(default: torch's)")
     fullgraph: StrictBool = Field(default=False, description="fail on any graph break instead of splitting")
     dynamic: StrictBool | None = Field(default=None, description="dynamic shapes: true, false or null (torch decides)")
     backend: str = Field(default="inductor", min_length=1, description="torch.compile backend (inductor, aot_eager, eager...)")
@@ -400,8 +396,10 @@ class CaseParams(BaseModel):
     activation: Annotated[str, _in(ACTIVATIONS)] = "relu"
     loss: Annotated[str, _in(LOSSES)] = "cross_entropy"
     data: DataConfig = DataConfig(name="synthetic")
-    precision: Precision = Field(default="fp32", description="fp32, or bf16/fp16 autocast (fp16 with a "
-                                                               "gradient scaler, CUDA only)")
+    # fp32: no autocast. bf16, fp16: autocast over forward and loss (under fsdp, FSDP2's
+    # mixed-precision policy instead); fp16 with a gradient scaler, on CUDA only.
+    precision: Annotated[str, _in(PRECISIONS)] = Field(default="fp32", description="fp32, bf16 or fp16 (see "
+                                                                                     "bench list --components)")
     compile: CompileConfig = Field(default=CompileConfig(), description="torch.compile the model: false, true "
                                                                         "or options (mode, fullgraph, dynamic, backend)")
     channels_last: StrictBool = Field(default=False, description="model and 4-D inputs in channels_last memory format")
