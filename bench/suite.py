@@ -329,9 +329,25 @@ LAUNCHED_MODES = ("ddp", "fsdp")
 
 
 
+def _compile_shorthand(value: Any) -> Any:
+    """``compile: false``, ``true`` or a mapping of options, as a ``CompileConfig``'s fields."""
+    if isinstance(value, bool):
+        return {"enabled": value}
+    if isinstance(value, Mapping):
+        if "enabled" in value:
+            raise ValueError("write compile: true, false or a mapping of options (mode, fullgraph, dynamic, "
+                             "backend), without 'enabled'")
+        return {"enabled": True, **value}
+    if isinstance(value, CompileConfig):
+        return value
+    raise ValueError(f"must be true, false or a mapping of torch.compile options (mode, fullgraph, dynamic, "
+                     f"backend), not {_kind(value)}")
+
+
 class CompileConfig(BaseModel):
     """``torch.compile`` of the case's model: ``false`` (default), ``true``, or a mapping of its
-    options. Written as ``false``/``true`` or the mapping; ``enabled`` is never written by hand."""
+    options. A suite writes ``false``/``true`` or the mapping (``_compile_shorthand``), never
+    ``enabled``; the model dumps back to that form."""
 
     model_config = _STRICT
     enabled: bool = Field(default=False, description="whether the model is compiled")
@@ -340,21 +356,6 @@ class CompileConfig(BaseModel):
     fullgraph: StrictBool = Field(default=False, description="fail on any graph break instead of splitting")
     dynamic: StrictBool | None = Field(default=None, description="dynamic shapes: true, false or null (torch decides)")
     backend: str = Field(default="inductor", min_length=1, description="torch.compile backend (inductor, aot_eager, eager...)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return {"enabled": value}
-        if isinstance(value, Mapping):
-            if "enabled" in value:
-                raise ValueError("write compile: true, false or a mapping of options (mode, fullgraph, dynamic, "
-                                 "backend), without 'enabled'")
-            return {"enabled": True, **value}
-        if isinstance(value, CompileConfig):
-            return value
-        raise ValueError(f"must be true, false or a mapping of torch.compile options (mode, fullgraph, dynamic, "
-                         f"backend), not {_kind(value)}")
 
     @model_serializer(mode="wrap")
     def _as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -400,7 +401,7 @@ class CaseParams(BaseModel):
     # mixed-precision policy instead); fp16 with a gradient scaler, on CUDA only.
     precision: Annotated[str, _in(PRECISIONS)] = Field(default="fp32", description="fp32, bf16 or fp16 (see "
                                                                                      "bench list --components)")
-    compile: CompileConfig = Field(default=CompileConfig(), description="torch.compile the model: false, true "
+    compile: Annotated[CompileConfig, BeforeValidator(_compile_shorthand)] = Field(default=CompileConfig(), description="torch.compile the model: false, true "
                                                                         "or options (mode, fullgraph, dynamic, backend)")
     channels_last: StrictBool = Field(default=False, description="model and 4-D inputs in channels_last memory format")
     grad_accum: int = Field(strict=True, default=1, ge=1, le=1024,
