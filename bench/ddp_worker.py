@@ -59,7 +59,7 @@ def _agree(device: torch.device) -> Any:
     return agree
 
 
-def _rank_summary(rank: int, local_rank: int, world: int, session: CaseSession, final: dict[str, Any]) -> dict[str, Any]:
+def _rank_summary(rank: int, local_rank: int, session: CaseSession, final: dict[str, Any]) -> dict[str, Any]:
     """What this rank alone knows, for the case record's ``ranks``: its own throughput over all its
     trials' windows, memory, and collector records (merged by ``aggregate``)."""
     local = session.local_window_s
@@ -72,7 +72,8 @@ def _rank_summary(rank: int, local_rank: int, world: int, session: CaseSession, 
         "threads": session.threads,
         "batch": session.batch,
         "window_s": local,
-        "throughput_median": median([k * session.samples_per_step / world / s for s in local]) if local else None,
+        # A step is micro_batches micro-batches of batch samples (grad_accum).
+        "throughput_median": median([k * session.batch * session.micro_batches / s for s in local]) if local else None,
         "peak_rss_mb": final["peak_rss_mb"],
         "cuda_peak_allocated_mb": final.get("cuda_peak_allocated_mb"),
         "step_time_ms_p50": median(session.step_ms) if session.step_ms else None,
@@ -229,7 +230,7 @@ def run_rank(payload: dict[str, Any]) -> None:
                 continue
             final = session.finish()
             summaries: list[Any] = [None] * world
-            dist.all_gather_object(summaries, _rank_summary(rank, local_rank, world, session, final))
+            dist.all_gather_object(summaries, _rank_summary(rank, local_rank, session, final))
             if writer:
                 summaries.sort(key=lambda r: r["rank"])
                 record = {"metrics": {"peak_rss_mb": final["peak_rss_mb"],

@@ -44,6 +44,7 @@ class CaseSession:
         self.device = device
         self.batch = batch
         # A step is grad_accum micro-batches of ``batch``: throughput counts every one of them.
+        self.micro_batches = params.grad_accum
         self.samples_per_step = samples_per_step * params.grad_accum
         self.threads = threads
         self.warnings = warnings
