@@ -278,6 +278,14 @@ class Params(Record):
     world_size: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float
+    # The training axes; files written before them lack the keys and read as their defaults.
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="Autocast precision.")
+    compile: bool | dict[str, Any] = Field(
+        default=False, description="false, or the torch.compile options of a compiled case.")
+    channels_last: bool = Field(default=False, description="Model and inputs in channels_last layout.")
+    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    activation_checkpointing: bool = Field(default=False, description="Activations recomputed in backward.")
+    reshard_after_forward: bool | None = Field(default=None, description="fsdp: FSDP2's reshard_after_forward.")
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

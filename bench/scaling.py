@@ -33,19 +33,18 @@ def _group_label(params: Params) -> str:
              f"bs{params.batch_size}"]
     # The training axes where they are not their defaults, so that groups differing in them read
     # differently (a bf16 group beside an fp32 one).
-    extra = params.extra
-    if extra("precision", "fp32") != "fp32":
-        parts.append(str(extra("precision")))
-    if extra("compile", False):
+    if params.precision != "fp32":
+        parts.append(params.precision)
+    if params.compile:
         parts.append("compiled")
-    if extra("channels_last", False):
+    if params.channels_last:
         parts.append("channels_last")
-    if extra("grad_accum", 1) != 1:
-        parts.append(f"ga{extra('grad_accum')}")
-    if extra("activation_checkpointing", False):
+    if params.grad_accum != 1:
+        parts.append(f"ga{params.grad_accum}")
+    if params.activation_checkpointing:
         parts.append("ckpt")
-    if extra("reshard_after_forward") is not None:
-        parts.append("reshard" if extra("reshard_after_forward") else "no_reshard")
+    if params.reshard_after_forward is not None:
+        parts.append("reshard" if params.reshard_after_forward else "no_reshard")
     return " ".join(parts)
 
 

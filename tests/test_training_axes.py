@@ -412,3 +412,22 @@ def test_the_modern_suite_sweeps_each_axis_alone_per_model() -> None:
     parallel = sorted((p.mode, p.world_size) for p in by_model["cnn"] if p.mode != "cpu")
     assert parallel == [("ddp", 1), ("ddp", 2), ("fsdp", 1), ("fsdp", 2)]
 
+
+
+def test_compile_values_read_as_yes_no_and_options_in_the_report_and_effects() -> None:
+    from bench.labels import axis_labels
+
+    enabled = dump_params(params(compile=True))["compile"]
+    tuned = dump_params(params(compile={"mode": "max-autotune"}))["compile"]
+    assert axis_labels([False, enabled, tuned]) == ["no", "yes", "mode=max-autotune"]
+    assert axis_labels([False, enabled]) == ["no", "yes"]
+
+
+def test_results_written_before_the_training_axes_read_as_their_defaults() -> None:
+    from bench.records import Params
+
+    old = Params.model_validate({"model": {"name": "mlp"}, "optimizer": {"name": "sgd"}, "activation": "relu",
+                                 "loss": "cross_entropy", "data": {"name": "synthetic"}, "mode": "ddp",
+                                 "world_size": 2, "batch_size": 8, "lr": 0.01})
+    assert (old.precision, old.compile, old.channels_last, old.grad_accum, old.activation_checkpointing,
+            old.reshard_after_forward) == ("fp32", False, False, 1, False, None)
