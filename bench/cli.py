@@ -227,16 +227,30 @@ def _print_notes(suite: Suite) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.components:
         from bench.collectors.config import PROFILERS
-        from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
+        from bench.components import (
+            ACTIVATIONS,
+            COMPILE_MODES,
+            LOSSES,
+            MODES,
+            OPTIMIZERS,
+            PRECISIONS,
+            TRANSFORMS,
+        )
         from bench.models import MODELS, TORCHVISION_PREFIX
 
-        for registry in (MODELS, OPTIMIZERS, ACTIVATIONS, LOSSES, TRANSFORMS, PROFILERS):
+        for registry in (MODELS, OPTIMIZERS, ACTIVATIONS, LOSSES, TRANSFORMS, PROFILERS, MODES, PRECISIONS,
+                         COMPILE_MODES):
             print(f"{registry.plural}:")
             for entry in registry:
                 print(f"  {entry.name:<22} {entry.doc}")
             if registry is MODELS:
                 print(f"  {TORCHVISION_PREFIX + 'NAME':<22} any torchvision.models classifier, random weights")
                 print(f"  {'{import: pkg.mod:fn}':<22} your own factory returning an nn.Module")
+            if registry is COMPILE_MODES:
+                print("compile: false (default), true, or {mode, fullgraph, dynamic, backend}; backend: any torch.compile "
+                      "backend (default inductor)")
+                print("channels_last, activation_checkpointing: false (default) or true; grad_accum: micro-batches "
+                      "per optimizer step (default 1); reshard_after_forward (fsdp): true or false")
         return EXIT_OK
     if not args.suite:
         raise BenchError("list: give a suite file or --components")

@@ -80,6 +80,26 @@ for _t, _doc in [
     TRANSFORMS.add(_t, _t, f"torchvision.transforms.{_t}({_doc})")
 
 
+# The choices of the training axes (bench.training builds them), listed by `bench list --components`.
+PRECISIONS: Registry[str] = Registry("precision")
+PRECISIONS.add("fp32", "float32", "no autocast (default)")
+PRECISIONS.add("bf16", "bfloat16", "bfloat16 autocast over forward and loss (fsdp: FSDP2 mixed-precision policy)")
+PRECISIONS.add("fp16", "float16", "float16 autocast with a gradient scaler; CUDA only (skipped elsewhere)")
+
+COMPILE_MODES: Registry[str] = Registry("compile mode")
+COMPILE_MODES.add("default", "default", "torch.compile's balance of compile time and speed")
+COMPILE_MODES.add("reduce-overhead", "reduce-overhead", "CUDA graphs to cut launch overhead (GPU)")
+COMPILE_MODES.add("max-autotune", "max-autotune", "autotuned kernels: longest compile")
+COMPILE_MODES.add("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs", "max-autotune without CUDA graphs")
+
+MODES: Registry[str] = Registry("mode")
+MODES.add("cpu", "cpu", "one process on the CPU")
+MODES.add("cuda", "cuda", "one process on one GPU")
+MODES.add("dp", "dp", "torch.nn.DataParallel over world_size GPUs in one process")
+MODES.add("ddp", "ddp", "DistributedDataParallel, world_size ranks through torchrun (gloo on CPU, nccl on GPU)")
+MODES.add("fsdp", "fsdp", "FSDP2 fully_shard, world_size ranks through torchrun (gloo with a CPU mesh, nccl on GPU)")
+
+
 def build_optimizer(name: str, kwargs: dict[str, Any], params: Any, lr: float) -> torch.optim.Optimizer:
     import torch
 

@@ -76,19 +76,27 @@ def _num(value: Any, fmt: str) -> str:
 
 def print_results(records: list[CaseRecord]) -> None:
     table = Table(title="results", show_lines=False)
-    for col, justify in [("case", "left"), ("status", "left"), ("samples/s", "right"), ("95% CI", "right"),
-                         ("step p50 ms", "right"), ("step p95 ms", "right"), ("peak RSS MiB", "right")]:
+    # Compile time is its own column, apart from step time, where some case was compiled.
+    compiled = any(r.metrics is not None and r.metrics.compile_s is not None for r in records)
+    columns = [("case", "left"), ("status", "left"), ("samples/s", "right"), ("95% CI", "right"),
+               ("step p50 ms", "right"), ("step p95 ms", "right"), ("peak RSS MiB", "right")]
+    if compiled:
+        columns.append(("compile s", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in records:
         m = r.metrics
         status = f"[{_STYLE[r.status]}]{r.status}[/]"
         if m is None:
-            table.add_row(escape(r.id), status, "-", "-", "-", "-", "-")
+            table.add_row(escape(r.id), status, *["-"] * (len(columns) - 2))
             continue
         rel = m.throughput.ci_rel_half_width
         ci_text = f"±{rel:.1%}" if rel is not None else "-"
-        table.add_row(escape(r.id), status, _num(m.throughput.median, ".1f"), ci_text,
-                      _num(m.step_time_ms.p50, ".2f"), _num(m.step_time_ms.p95, ".2f"), _num(m.peak_rss_mb, ".0f"))
+        row = [escape(r.id), status, _num(m.throughput.median, ".1f"), ci_text,
+               _num(m.step_time_ms.p50, ".2f"), _num(m.step_time_ms.p95, ".2f"), _num(m.peak_rss_mb, ".0f")]
+        if compiled:
+            row.append(_num(m.compile_s, ".2f"))
+        table.add_row(*row)
     # Not a terminal (CI logs, pipes): rich would wrap at 80 columns; case ids deserve more.
     out = Console()
     if not out.is_terminal:

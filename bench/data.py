@@ -20,13 +20,18 @@ def _targets(labels: torch.Tensor, loss: str, num_classes: int) -> torch.Tensor:
     return labels
 
 
+def _layout(params: CaseParams) -> torch.memory_format:
+    # channels_last (NHWC) inputs beside a channels_last model; otherwise the default layout.
+    return torch.channels_last if params.channels_last else torch.contiguous_format
+
+
 def make_batches(params: CaseParams, device: torch.device, batch_size: int,
                  generator: torch.Generator) -> Callable[[], Batch]:
     """A function returning the next (inputs, targets) batch on ``device``."""
     shape = params.model.shape
     classes = params.model.num_classes
     if params.data.name == "synthetic":
-        x = torch.randn((batch_size, *shape), generator=generator).to(device)
+        x = torch.randn((batch_size, *shape), generator=generator).to(device).contiguous(memory_format=_layout(params))
         y = _targets(torch.randint(0, classes, (batch_size,), generator=generator), params.loss, classes).to(device)
         batch = (x, y)
         return lambda: batch
@@ -51,6 +56,7 @@ def _loader_batches(params: CaseParams, device: torch.device, batch_size: int) -
     if len(loader) == 0:
         raise ValueError(f"data.size ({cfg.size}) is smaller than one batch ({batch_size})")
     non_blocking = cfg.pin_memory and device.type == "cuda"
+    layout = _layout(params)
     state: dict[str, Iterator[Batch]] = {"it": iter(loader)}
 
     def next_batch() -> Batch:
@@ -61,6 +67,8 @@ def _loader_batches(params: CaseParams, device: torch.device, batch_size: int) -
             state["it"] = iter(loader)
             x, y = next(state["it"])
         y = _targets(y, params.loss, params.model.num_classes)
-        return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+        # The layout change is part of the pipeline's cost, as it would be in training.
+        x = x.to(device, non_blocking=non_blocking).contiguous(memory_format=layout)
+        return x, y.to(device, non_blocking=non_blocking)
 
     return next_batch

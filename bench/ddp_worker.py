@@ -1,4 +1,4 @@
-"""One rank of a DDP case, started by PyTorch's launcher (``python -m torch.distributed.run ...
+"""One rank of a DDP or FSDP2 case, started by PyTorch's launcher (``python -m torch.distributed.run ...
 -m bench.ddp_worker PAYLOAD.json``), which sets RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous.
 
 Every rank builds and warms up once and then measures trials when the coordinator (``bench run``,
@@ -29,6 +29,7 @@ from bench.measure import median
 from bench.results import atomic_write_text
 from bench.session import CaseSession
 from bench.suite import CaseParams
+from bench.training import fsdp_wrapper
 from bench.userpath import forget_safe_path
 from bench.worker import Skip, describe_error, select_device, set_threads
 
@@ -71,7 +72,8 @@ def _rank_summary(rank: int, local_rank: int, session: CaseSession, final: dict[
         "threads": session.threads,
         "batch": session.batch,
         "window_s": local,
-        "throughput_median": median([k * session.batch / s for s in local]) if local else None,
+        # A step is micro_batches micro-batches of batch samples (grad_accum).
+        "throughput_median": median([k * session.batch * session.micro_batches / s for s in local]) if local else None,
         "peak_rss_mb": final["peak_rss_mb"],
         "cuda_peak_allocated_mb": final.get("cuda_peak_allocated_mb"),
         "step_time_ms_p50": median(session.step_ms) if session.step_ms else None,
@@ -216,8 +218,9 @@ def run_rank(payload: dict[str, Any]) -> None:
         flags: list[Any] = [None] * world
         dist.all_gather_object(flags, writer)
         channel = _Channel(payload, writer, flags.index(True))
+        wrap = fsdp_wrapper(params, device, world) if params.mode == "fsdp" else _ddp_wrapper(params, device)
         session = CaseSession(params, device, payload, batch=batch, samples_per_step=batch * world,
-                              wrap=_ddp_wrapper(params, device), threads=threads, warnings=warnings,
+                              wrap=wrap, threads=threads, warnings=warnings,
                               rank=rank, agree=_agree(device))
         channel.send(session.prepare())
         while True:

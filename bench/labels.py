@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -36,11 +37,17 @@ def axis_labels(values: list[Any]) -> list[str]:
     unique: dict[str, Any] = {}
     for v in values:
         unique.setdefault(_canonical(v), v)
-    if not all(isinstance(v, dict) for v in unique.values()):
+    mappings = {c: v for c, v in unique.items() if isinstance(v, dict)}
+    flags = {c: v for c, v in unique.items() if isinstance(v, bool)}
+    if not mappings or len(mappings) + len(flags) < len(unique):
         by_key = {c: fmt_value(v) for c, v in unique.items()}
     else:
-        texts = ids.mapping_labels([_id_parts(obj) for obj in unique.values()], tidy=str)
-        by_key = {c: text or "default" for c, text in zip(unique, texts, strict=True)}
+        # A switch written false or as options (compile): false reads "no", an enabled value "yes"
+        # or the options that tell it apart from the other enabled values.
+        empty = "yes" if flags else "default"
+        texts = ids.mapping_labels([_id_parts(obj) for obj in mappings.values()], tidy=str)
+        by_key = {c: text or empty for c, text in zip(mappings, texts, strict=True)}
+        by_key.update((c, fmt_value(v)) for c, v in flags.items())
     return [by_key[_canonical(v)] for v in values]
 
 
@@ -53,5 +60,8 @@ def _id_parts(obj: dict[str, Any]) -> ids.IdParts:
             continue
         options = value.items() if key == "kwargs" and isinstance(value, dict) else [(key, value)]
         facets.extend(ids.facet(k, v, f"{k}={fmt_value(v)}", " ") for k, v in options if v not in (None, {}, []))
+    if not head:
+        # A mapping without a name (compile's options): a value alone would not say what it is.
+        facets = [dataclasses.replace(f, alone=None) for f in facets]
     label = obj.get("label")
     return ids.IdParts(head, head, tuple(facets), str(label) if label else None)

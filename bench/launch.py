@@ -1,4 +1,4 @@
-"""Launch a DDP case through PyTorch's own launcher, ``torch.distributed.run`` (torchrun).
+"""Launch a DDP or FSDP2 case through PyTorch's own launcher, ``torch.distributed.run`` (torchrun).
 
 torchrun's elastic agent starts the ranks, runs the c10d rendezvous (across nodes too) and tears
 every rank down when one fails; restarts are off because a benchmark rank that fails should fail
@@ -39,29 +39,32 @@ class Cluster:
 
 
 def ddp_device(case: Case, gpus: int) -> str:
-    """cpu or cuda: what a ddp case with ``device`` unset runs on here."""
+    """cpu or cuda: what a ddp or fsdp case with ``device`` unset runs on here."""
     if case.params.device in ("cpu", "cuda"):
         return case.params.device
     return "cuda" if gpus > 0 else "cpu"
 
 
 def skip_reason(case: Case, cluster: Cluster, cores: int, gpus: int) -> str | None:
-    """Why this machine cannot run a ddp case, or None when it can."""
+    """Why this machine cannot run a ddp or fsdp case, or None when it can."""
+    from bench.training import precision_skip_reason
+
     p = case.params
     if p.world_size % cluster.nnodes:
         return f"world_size {p.world_size} does not split evenly over {cluster.nnodes} nodes"
     per_node = p.world_size // cluster.nnodes
     device = ddp_device(case, gpus)
     if device == "cuda" and per_node > gpus:
-        return f"ddp with {per_node} rank(s) per node needs {per_node} GPUs; this machine has {gpus}"
+        return f"{p.mode} with {per_node} rank(s) per node needs {per_node} GPUs; this machine has {gpus}"
     if device == "cpu":
         if p.backend == "nccl":
             return "backend nccl needs GPUs; this machine has none"
         threads = p.threads or 1
         if per_node * threads > cores:
-            return (f"ddp with {per_node} CPU rank(s) x {threads} thread(s) needs {per_node * threads} cores; "
+            return (f"{p.mode} with {per_node} CPU rank(s) x {threads} thread(s) needs {per_node * threads} cores; "
                     f"this machine has {cores}")
-    return None
+    # Said before any rank starts; a GPU without bfloat16 is found by the ranks themselves.
+    return precision_skip_reason(p.precision, device)
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -141,6 +141,12 @@ class Metrics(Record):
     measured_s: NonNeg | None = Field(default=None, description="Seconds inside timed windows.")
     warmup_s: NonNeg | None = None
     build_s: NonNeg | None = Field(default=None, description="Seconds to build the model, optimizer and data.")
+    compile_s: NonNeg | None = Field(
+        default=None, description="`compile`: seconds of the first step, where torch.compile compiles, before the "
+                                  "warm-up (the slowest rank's); null when not compiled.")
+    graph_breaks: int | None = Field(
+        default=None, ge=0, description="`compile`: graph breaks dynamo reported while compiling; null when not "
+                                        "compiled or torch does not expose the count.")
     stop_reason: str | None = Field(default=None, description="`target_ci` or `max_time`.")
     batch_per_process: int | None = Field(default=None, ge=1)
     cuda_peak_allocated_mb: NonNeg | None = None
@@ -286,6 +292,14 @@ class Params(Record):
     world_size: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float
+    # The training axes; files written before them lack the keys and read as their defaults.
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="Autocast precision.")
+    compile: bool | dict[str, Any] = Field(
+        default=False, description="false, or the torch.compile options of a compiled case.")
+    channels_last: bool = Field(default=False, description="Model and inputs in channels_last layout.")
+    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    activation_checkpointing: bool = Field(default=False, description="Activations recomputed in backward.")
+    reshard_after_forward: bool | None = Field(default=None, description="fsdp: FSDP2's reshard_after_forward.")
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 #      top-level rounds and effects; metrics.throughput.median is the median of trial medians and
 #      ci95 its interval over trials (in 1, the median of one stretch's windows and an interval
 #      from those windows). Version-1 files still load, each case as one trial, labelled.
+#      Additions within 2 (optional keys): metrics.compile_s and metrics.graph_breaks (cases with
+#      `compile`); params gain precision, compile, channels_last, grad_accum,
+#      activation_checkpointing and reshard_after_forward, and mode may be `fsdp`.
 # A key removed or changing meaning needs a new version, and readers refuse versions they do not know.
 SCHEMA_VERSION: Literal[2] = 2
 READABLE_VERSIONS = (1, 2)

@@ -342,6 +342,8 @@ def case_result(state: CaseState) -> dict[str, Any]:
         "measured_s": sum(window_s),
         "warmup_s": state.ready.get("warmup_s"),
         "build_s": state.ready.get("build_s"),
+        "compile_s": state.ready.get("compile_s"),
+        "graph_breaks": state.ready.get("graph_breaks"),
         "stop_reason": state.stop_reason,
         "batch_per_process": state.ready.get("batch_per_process"),
         "trials": len(trials),

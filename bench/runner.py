@@ -59,7 +59,7 @@ from bench.rounds import (
     start_torchrun,
 )
 from bench.scaling import analyze
-from bench.suite import Case, Suite
+from bench.suite import LAUNCHED_MODES, Case, Suite
 
 
 class Interrupted(Exception):
@@ -268,14 +268,14 @@ def _restore(state: CaseState, record: CaseRecord) -> None:
 
 def _starter(launcher: CaseLauncher, state: CaseState, out_dir: Path, cluster: Cluster) -> Callable[[int], Worker]:
     case = state.case
-    if case.params.mode != "ddp":
+    if case.params.mode not in LAUNCHED_MODES:
         return lambda i: start_process(launcher, case, out_dir, state.log_path)
     return lambda i: start_torchrun(case, cluster, out_dir / "ranks" / case.id / f"process{i}", state.log_path, out_dir)
 
 
 def _skip_reason(case: Case, cluster: Cluster, env: Environment) -> str | None:
-    if case.params.mode != "ddp":
-        return "multi-node run: only ddp cases run across nodes" if cluster.multi_node else None
+    if case.params.mode not in LAUNCHED_MODES:
+        return "multi-node run: only ddp and fsdp cases run across nodes" if cluster.multi_node else None
     return skip_reason(case, cluster, cores=env.cores_available or 1, gpus=len(env.gpus))
 
 
@@ -454,7 +454,7 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
             continue
         finish(state)
         state.stop_reason = state.done or "max_time"
-        if state.case.params.mode == "ddp" and state.status == "ok":
+        if state.case.params.mode in LAUNCHED_MODES and state.status == "ok":
             # The scratch folder only matters for a post-mortem: the record now holds everything.
             shutil.rmtree(out_dir / "ranks" / state.case.id, ignore_errors=True)
         state.closed = True
@@ -508,7 +508,7 @@ def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:
     obs.suite_started(suite, scratch)
     try:
         for case in suite.cases:
-            if case.params.mode != "ddp":
+            if case.params.mode not in LAUNCHED_MODES:
                 continue
             obs.case_started(case)
             started, t0 = now(), time.monotonic()

@@ -27,6 +27,7 @@ import torch
 from bench.collectors import CaseContext, make_collectors
 from bench.measure import calibrate, run_trial, thin
 from bench.suite import CaseParams
+from bench.training import CompileFailed, compiler_error, graph_breaks
 from bench.worker import Skip, build_step, describe_error, peak_rss_mb, single_process_setup
 
 
@@ -42,7 +43,9 @@ class CaseSession:
         self.params = params
         self.device = device
         self.batch = batch
-        self.samples_per_step = samples_per_step
+        # A step is grad_accum micro-batches of ``batch``: throughput counts every one of them.
+        self.micro_batches = params.grad_accum
+        self.samples_per_step = samples_per_step * params.grad_accum
         self.threads = threads
         self.warnings = warnings
         self.agree: Callable[[float], float] = agree or (lambda seconds: seconds)
@@ -50,7 +53,8 @@ class CaseSession:
         self.step, self.model = build_step(params, device, batch, wrap)
         self.build_s = time.perf_counter() - t0
         self.ctx = CaseContext(params=params, device=device, out_dir=payload.get("out_dir"),
-                               case_id=payload.get("id", ""), rank=rank, step=self.step, model=self.model, batch=batch)
+                               case_id=payload.get("id", ""), rank=rank, step=self.step, model=self.model,
+                               batch=batch * params.grad_accum)
         if agree is not None:
             self.ctx.agree = agree
         self.collectors = make_collectors(self.ctx)
@@ -64,13 +68,35 @@ class CaseSession:
         self.local_window_s: list[float] = []
         self.step_ms: list[float] = []
 
+    def compile(self) -> dict[str, Any]:
+        """Compile before the warm-up: torch.compile compiles on the model's first call, so one
+        step here does it, timed on its own (``compile_s``: that first step, compilation
+        included). The warm-up that follows then warms compiled code, and no trial ever
+        contains a compilation. A compiler error fails the case with the compiler's message."""
+        if not self.params.compile.enabled:
+            return {}
+        before = graph_breaks()
+        t0 = time.perf_counter()
+        try:
+            self.step()
+            self.sync()
+        except Exception as exc:
+            if not compiler_error(exc):
+                raise  # the model's own error, compiled or not
+            raise CompileFailed(f"torch.compile failed: {describe_error(exc)}") from exc
+        seconds = self.agree(time.perf_counter() - t0)
+        after = graph_breaks()
+        breaks = after - before if after is not None and before is not None else None
+        return {"compile_s": seconds, "graph_breaks": breaks}
+
     def prepare(self) -> dict[str, Any]:
         m = self.params.measure
+        compiled = self.compile()
         cal = calibrate(self.step, m.warmup_steps, m.window_time, self.sync, agree=self.agree)
         self.steps_per_window = cal.steps_per_window
         return {"status": "ready", "device": str(self.device), "threads": self.threads, "build_s": self.build_s,
                 "warmup_s": cal.warmup_seconds, "steps_per_window": cal.steps_per_window,
-                "batch_per_process": self.batch, "warnings": list(self.warnings)}
+                "batch_per_process": self.batch, "warnings": list(self.warnings), **compiled}
 
     def trial(self, seconds: float, collect: bool, windows: int | None = None) -> dict[str, Any]:
         """Windows of steps for ``seconds`` (and at least ``windows`` of them: ``measure.min_windows``

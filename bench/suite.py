@@ -9,6 +9,7 @@ and the key path. Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import itertools
@@ -29,19 +30,21 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    SerializerFunctionWrapHandler,
     StrictBool,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from bench import ids
 from bench.collectors.config import ProfilerConfig, Profiles
-from bench.components import ACTIVATIONS, LOSSES, OPTIMIZERS, TRANSFORMS
+from bench.components import ACTIVATIONS, COMPILE_MODES, LOSSES, OPTIMIZERS, PRECISIONS, TRANSFORMS
 from bench.errors import SuiteError
 from bench.models import MODELS, TORCHVISION_INPUT, TORCHVISION_PREFIX, check_import_path, torchvision_names
 from bench.registry import Registry
@@ -318,8 +321,70 @@ class MeasureConfig(BaseModel):
 
 
 # cpu/cuda: one process, one device. dp: torch.nn.DataParallel over world_size GPUs in one process.
-# ddp: DistributedDataParallel with world_size ranks launched by torch.distributed.run.
-Mode = Literal["cpu", "cuda", "dp", "ddp"]
+# ddp: DistributedDataParallel, fsdp: FSDP2 (fully_shard), each with world_size ranks launched by
+# torch.distributed.run.
+Mode = Literal["cpu", "cuda", "dp", "ddp", "fsdp"]
+# The modes whose ranks torchrun starts (bench.launch, bench.ddp_worker).
+LAUNCHED_MODES = ("ddp", "fsdp")
+
+
+
+def _compile_shorthand(value: Any) -> Any:
+    """``compile: false``, ``true`` or a mapping of options, as a ``CompileConfig``'s fields."""
+    if isinstance(value, bool):
+        return {"enabled": value}
+    if isinstance(value, Mapping):
+        if "enabled" in value:
+            raise ValueError("write compile: true, false or a mapping of options (mode, fullgraph, dynamic, "
+                             "backend), without 'enabled'")
+        return {"enabled": True, **value}
+    if isinstance(value, CompileConfig):
+        return value
+    raise ValueError(f"must be true, false or a mapping of torch.compile options (mode, fullgraph, dynamic, "
+                     f"backend), not {_kind(value)}")
+
+
+class CompileConfig(BaseModel):
+    """``torch.compile`` of the case's model: ``false`` (default), ``true``, or a mapping of its
+    options. A suite writes ``false``/``true`` or the mapping (``_compile_shorthand``), never
+    ``enabled``; the model dumps back to that form."""
+
+    model_config = _STRICT
+    enabled: bool = Field(default=False, description="whether the model is compiled")
+    mode: Annotated[str, _in(COMPILE_MODES)] | None = Field(default=None, description="torch.compile's mode "
+                                                                                       "(default: torch's)")
+    fullgraph: StrictBool = Field(default=False, description="fail on any graph break instead of splitting")
+    dynamic: StrictBool | None = Field(default=None, description="dynamic shapes: true, false or null (torch decides)")
+    backend: str = Field(default="inductor", min_length=1, description="torch.compile backend (inductor, aot_eager, eager...)")
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Read back as it is written: false, or the options of an enabled compile.
+        if not self.enabled:
+            return False
+        data: dict[str, Any] = handler(self)
+        data.pop("enabled", None)
+        return data
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``torch.compile``; unset options are left to torch."""
+        out: dict[str, Any] = {"fullgraph": self.fullgraph, "backend": self.backend}
+        if self.mode is not None:
+            out["mode"] = self.mode
+        if self.dynamic is not None:
+            out["dynamic"] = self.dynamic
+        return out
+
+    def id_parts(self) -> ids.IdParts:
+        """``no_compile``, ``compile``, and compiled values told apart by their options
+        (``compile-mode=max-autotune``)."""
+        if not self.enabled:
+            return ids.IdParts("no_compile", "no_compile", ())
+        # Options always read key=value (compile-backend=eager): a bare "eager" would not say compile.
+        facets = tuple(dataclasses.replace(ids.facet(k, v), alone=None) for k, v in
+                       (("mode", self.mode), ("fullgraph", self.fullgraph), ("dynamic", self.dynamic),
+                        ("backend", self.backend)))
+        return ids.IdParts("compile", "compile", facets)
 
 
 class CaseParams(BaseModel):
@@ -332,6 +397,18 @@ class CaseParams(BaseModel):
     activation: Annotated[str, _in(ACTIVATIONS)] = "relu"
     loss: Annotated[str, _in(LOSSES)] = "cross_entropy"
     data: DataConfig = DataConfig(name="synthetic")
+    # fp32: no autocast. bf16, fp16: autocast over forward and loss (under fsdp, FSDP2's
+    # mixed-precision policy instead); fp16 with a gradient scaler, on CUDA only.
+    precision: Annotated[str, _in(PRECISIONS)] = Field(default="fp32", description="fp32, bf16 or fp16 (see "
+                                                                                     "bench list --components)")
+    compile: Annotated[CompileConfig, BeforeValidator(_compile_shorthand)] = Field(default=CompileConfig(), description="torch.compile the model: false, true "
+                                                                        "or options (mode, fullgraph, dynamic, backend)")
+    channels_last: StrictBool = Field(default=False, description="model and 4-D inputs in channels_last memory format")
+    grad_accum: int = Field(strict=True, default=1, ge=1, le=1024,
+                            description="micro-batches of batch_size per optimizer step")
+    activation_checkpointing: StrictBool = Field(
+        default=False, description="recompute activations in backward: each block of a built-in model, each "
+                                   "top-level child of any other (unless its factory takes activation_checkpointing)")
     mode: Mode = "cpu"
     world_size: int = Field(strict=True, default=1, ge=1, le=1024)
     device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)$")
@@ -358,6 +435,8 @@ class CaseParams(BaseModel):
     gradient_as_bucket_view: bool = False
     static_graph: bool = False
     find_unused_parameters: bool = False
+    reshard_after_forward: StrictBool | None = Field(
+        default=None, description="fsdp: free gathered parameters after forward (torch default true)")
 
 
 FIELD_ORDER = tuple(CaseParams.model_fields)
@@ -401,11 +480,18 @@ def check_case(params: CaseParams) -> None:
         raise ValueError(f"world_size: {params.world_size} needs a parallel mode, not {params.mode!r}")
     if params.mode == "dp" and params.device not in (None, "cuda"):
         raise ValueError(f"device: DataParallel runs on GPUs 0..world_size-1; {params.device!r} does not fit")
-    if params.mode == "ddp":
+    if params.mode in LAUNCHED_MODES:
         if params.device not in (None, "cpu", "cuda"):
-            raise ValueError(f"device: ddp takes 'cpu' or 'cuda' (each rank uses its own GPU), not {params.device!r}")
+            raise ValueError(f"device: {params.mode} takes 'cpu' or 'cuda' (each rank uses its own GPU), "
+                             f"not {params.device!r}")
         if params.backend == "nccl" and params.device == "cpu":
             raise ValueError("backend: nccl needs CUDA devices; use gloo with device 'cpu'")
+    if params.reshard_after_forward is not None and params.mode != "fsdp":
+        raise ValueError(f"reshard_after_forward: applies to mode 'fsdp' only, not {params.mode!r}")
+    if params.channels_last and len(params.model.shape) != 3:
+        shape = "x".join(map(str, params.model.shape))
+        raise ValueError(f"channels_last: needs 4-D inputs (batch, channels, height, width); this model's "
+                         f"samples are {shape}")
     if params.scaling == "strong" and params.batch_size % params.world_size:
         raise ValueError(f"batch_size: {params.batch_size} cannot be split evenly across world_size "
                          f"{params.world_size} (scaling: strong)")
@@ -780,7 +866,9 @@ def _check_labels(source: str, params_list: Sequence[CaseParams], canon: Callabl
 # Case ids
 
 _ID_PREFIX = {"world_size": "ws", "batch_size": "bs", "lr": "lr", "threads": "t", "seed": "seed",
-              "timeout": "to"}
+              "timeout": "to", "grad_accum": "ga"}
+# A flag's name in ids where the parameter's own is long: ckpt / no_ckpt.
+_FLAG_NAME = {"activation_checkpointing": "ckpt", "reshard_after_forward": "reshard"}
 
 
 def _id_parts(key: str, value: BaseModel) -> ids.IdParts:
@@ -798,7 +886,8 @@ def _scalar_label(key: str, value: Any) -> str:
     if value is None or value == ():
         return ""  # unset (the default applies): nothing to show
     if isinstance(value, bool):
-        return key if value else f"no_{key}"
+        name = _FLAG_NAME.get(key, key)
+        return name if value else f"no_{name}"
     if key in _ID_PREFIX:
         return _ID_PREFIX[key] + ids.short(value)
     return ids.short(value)

@@ -16,7 +16,7 @@ from bench.components import build_loss, build_optimizer
 from bench.data import make_batches
 from bench.environment import available_cores
 from bench.models import build_model
-from bench.suite import CaseParams
+from bench.suite import LAUNCHED_MODES, CaseParams
 
 
 class Skip(Exception):
@@ -24,6 +24,10 @@ class Skip(Exception):
 
 
 def describe_error(exc: BaseException) -> str:
+    from bench.training import CompileFailed
+
+    if isinstance(exc, CompileFailed):
+        return str(exc)  # a sentence of its own, the compiler's error inside
     if isinstance(exc, torch.OutOfMemoryError):
         return "out of memory: " + " ".join(str(exc).split())[:500]
     text = " ".join(str(exc).split())
@@ -32,10 +36,11 @@ def describe_error(exc: BaseException) -> str:
 
 def select_device(params: CaseParams, local_rank: int = 0) -> torch.device:
     """The device a (rank of a) case runs on; raises Skip when this machine cannot run it."""
-    if params.mode == "cpu" or (params.mode == "ddp" and params.device == "cpu"):
+    launched = params.mode in LAUNCHED_MODES
+    if params.mode == "cpu" or (launched and params.device == "cpu"):
         return torch.device("cpu")
-    if params.mode == "ddp" and params.device is None and not torch.cuda.is_available():
-        return torch.device("cpu")  # ddp picks GPUs where there are some, else gloo on CPU
+    if launched and params.device is None and not torch.cuda.is_available():
+        return torch.device("cpu")  # ddp and fsdp pick GPUs where there are some, else gloo on CPU
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if params.mode == "dp":
         if count < params.world_size:
@@ -44,7 +49,7 @@ def select_device(params: CaseParams, local_rank: int = 0) -> torch.device:
         return torch.device("cuda:0")
     if count == 0:
         raise Skip(f"mode {params.mode!r} needs CUDA, and this machine has no CUDA device")
-    if params.mode == "ddp":
+    if launched:
         return torch.device(f"cuda:{local_rank}")
     device = torch.device(params.device or "cuda:0")
     if (device.index or 0) >= count:
@@ -60,25 +65,46 @@ def set_threads(threads: int) -> int:
 def build_step(params: CaseParams, device: torch.device, batch_size: int,
                wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
                ) -> tuple[Callable[[], None], torch.nn.Module]:
-    """One training step as a closure (forward, loss on logits, backward, optimizer step) and the
-    model; ``wrap`` puts the model in DataParallel or DistributedDataParallel."""
+    """One training step as a closure and the model: ``grad_accum`` micro-batches of
+    ``batch_size``, each a forward and loss (under autocast at reduced precision) and a backward,
+    then one optimizer step. ``wrap`` puts the model in DataParallel, DDP or FSDP2; the model is
+    compiled last, around the wrapper, as torch.compile expects (DDP's graph splits at buckets)."""
+    from bench import training
+
+    training.check_precision(params, device)
     generator = torch.Generator().manual_seed(params.seed)
     torch.manual_seed(params.seed)
     model = build_model(params.model.name, params.model.import_path, params.model.kwargs,
-                        params.activation, params.model.num_classes).to(device)
+                        params.activation, params.model.num_classes,
+                        checkpointing=params.activation_checkpointing).to(device)
+    model = training.to_channels_last(model, params)
     model.train()
     if wrap is not None:
         model = wrap(model)
+    # The optimizer holds the wrapped model's parameters: FSDP2 replaces them with shards.
     optimizer = build_optimizer(params.optimizer.name, params.optimizer.kwargs, model.parameters(), params.lr)
+    model = training.compile_model(model, params)
     loss_fn = build_loss(params.loss).to(device)
     next_batch = make_batches(params, device, batch_size, generator)
+    autocast = training.autocast(params, device)
+    scaler = training.grad_scaler(params, device)
+    micro = params.grad_accum
 
     def step() -> None:
-        x, y = next_batch()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        for i in range(micro):
+            x, y = next_batch()
+            with training.sync_context(model, last=i == micro - 1):
+                with autocast():
+                    loss = loss_fn(model(x), y)
+                if micro > 1:
+                    loss = loss / micro  # the mean over the step's samples, as one large batch
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
 
     return step, model
 
@@ -95,8 +121,8 @@ Wrapper = Callable[[torch.nn.Module], torch.nn.Module]
 def single_process_setup(params: CaseParams) -> tuple[torch.device, int, Wrapper | None, int, list[str]]:
     """Device, batch per step, model wrapper, threads and warnings of a cpu, cuda or dp case;
     raises Skip when this machine cannot run it."""
-    if params.mode == "ddp":
-        raise ValueError("ddp cases run through torch.distributed.run (bench.ddp_worker), not here")
+    if params.mode in LAUNCHED_MODES:
+        raise ValueError(f"{params.mode} cases run through torch.distributed.run (bench.ddp_worker), not here")
     device = select_device(params)
     cores = available_cores()
     threads = set_threads(params.threads or cores)

@@ -94,7 +94,7 @@ def main() -> None:
         for s in history.series:
             values = [p.raw for p in s.points]
             first = values[:args.same]
-            cps, floor = find_change_points(values, [str(i) for i in range(len(values))])
+            cps, _ = find_change_points(values, [str(i) for i in range(len(values))])
             raw[s.case_id] = {"spread_first_commit": max(first) / min(first) - 1,
                               "change_points_raw_one_commit_per_run": [(c.index, round(c.change, 4)) for c in cps],
                               "relative_spread_first_commit": (max(p.value for p in s.points[:args.same])

@@ -4,8 +4,10 @@
 # .whl/), then on the GPU machine, with .whl carried along:
 #   bash scripts/gpu-smoke.sh [OUT_DIR]
 # It runs suites/gpu-smoke.yaml (cuda, dp at world_size 1, ddp with nccl at world_size 1, the CNN)
-# and prints each case's key fields, then the tests marked `cuda` (tests/test_cuda.py: every
-# collector on a real GPU), after a short `bench aa` of the cuda case (paired halves on a GPU). Exit status: the suite's, or the tests' if the suite passed.
+# and suites/gpu-modern.yaml (bf16 and fp16 autocast, torch.compile, fsdp with nccl), prints each
+# case's key fields, then the tests marked `cuda` (tests/test_cuda.py: every collector and the
+# training axes on a real GPU), after a short `bench aa` of the cuda case (paired halves on a GPU).
+# Exit status: the suites', or the tests' if the suites passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-/tmp}/gpu-smoke}"
@@ -27,8 +29,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 command -v py-spy || echo "py-spy: not found"
 python3 -m bench run suites/gpu-smoke.yaml --out "$out" --quiet
 status=$?
-if [ -f "$out/results.json" ]; then
-  python3 - "$out/results.json" <<'PY'
+python3 -m bench run suites/gpu-modern.yaml --out "$out-modern" --quiet --no-report
+modern=$?
+[ "$status" -eq 0 ] && status=$modern
+for results in "$out/results.json" "$out-modern/results.json"; do
+if [ -f "$results" ]; then
+  python3 - "$results" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))
 print("environment:", {k: doc["environment"].get(k) for k in ("torch", "cuda", "gpus")})
@@ -44,9 +50,12 @@ for c in doc["cases"]:
           "util_mean=%s power_w=%s J/sample=%s" % (nvml.get("util_mean"), nvml.get("power_mean_w"),
                                                    nvml.get("energy_per_sample_j")),
           "mfu=%s (%s)" % (flops.get("mfu"), flops.get("peak_source")),
+          "precision=%s compile_s=%s graph_breaks=%s" % (c["params"].get("precision"), m.get("compile_s"),
+                                                          m.get("graph_breaks")),
           "collector errors=%s" % {k: v.get("error") for k, v in col.items() if (v or {}).get("error")})
 PY
 fi
+done
 # bench ab on the GPU: the same code on both sides (an A/A), paired halves on CUDA; a short budget.
 python3 -m bench aa suites/gpu-smoke.yaml --only cuda --out "$out-aa" --min-pairs 10 --max-time 4 --quiet
 echo "bench aa exit: $?"

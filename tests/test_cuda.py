@@ -1,5 +1,6 @@
 """On a real GPU (marked ``cuda``; skipped on a machine without one, which is where CI runs):
-`bench run` of a CUDA case, DataParallel on one GPU and DDP with NCCL, with every collector on.
+`bench run` of a CUDA case, DataParallel on one GPU and DDP with NCCL, with every collector on;
+and the training axes there: bf16 and fp16 autocast, torch.compile, FSDP2 with NCCL.
 scripts/gpu-smoke.sh runs these on a lent GPU machine."""
 
 from __future__ import annotations
@@ -98,3 +99,58 @@ def test_pyspy_samples_a_gpu_case(cuda_run: Any) -> None:
     pyspy = cases["cuda"]["collectors"]["pyspy"]
     assert pyspy["error"] is None, pyspy["error"]
     assert "<svg" in (out / pyspy["flamegraph"]).read_text(encoding="utf-8")
+
+
+AXES_SUITE = """
+name: cuda-axes
+defaults:
+  model: cnn
+  batch_size: 256
+  measure: {warmup_steps: 10, min_time: 1.0, max_time: 4.0, target_ci: 0.05}
+  timeout: 300
+include:
+  - {mode: cuda, precision: fp32}
+  - {mode: cuda, precision: bf16}
+  - {mode: cuda, precision: fp16}
+  - {mode: cuda, compile: true}
+  - {mode: fsdp, device: cuda, backend: nccl}
+  - {mode: fsdp, device: cuda, backend: nccl, precision: bf16}
+"""
+
+
+@pytest.fixture(scope="module")
+def axes_run(tmp_path_factory: pytest.TempPathFactory, run_bench: Any) -> dict[str, dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("cuda-axes")
+    (tmp / "axes.yaml").write_text(AXES_SUITE, encoding="utf-8")
+    result = run_bench("run", tmp / "axes.yaml", "--out", tmp / "out", "--quiet", "--no-report", timeout=900)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp / "out" / "results.json").read_text(encoding="utf-8"))
+    cases = {}
+    for c in doc["cases"]:
+        p = c["params"]
+        cases[f"{p['mode']}-{p['precision']}" + ("-compile" if p["compile"] else "")] = c
+    return cases
+
+
+def test_bf16_and_fp16_autocast_run_on_the_gpu(axes_run: dict[str, dict[str, Any]]) -> None:
+    for key in ("cuda-fp32", "cuda-bf16", "cuda-fp16"):
+        case = axes_run[key]
+        assert case["status"] == "ok", (key, case["error"])
+        assert case["device"].startswith("cuda")
+        assert case["metrics"]["throughput"]["median"] > 0
+
+
+def test_compile_on_the_gpu_records_its_time_outside_the_trials(axes_run: dict[str, dict[str, Any]]) -> None:
+    case = axes_run["cuda-fp32-compile"]
+    assert case["status"] == "ok", case["error"]
+    assert case["metrics"]["compile_s"] > 0
+    assert case["metrics"]["graph_breaks"] is not None
+
+
+def test_fsdp_runs_with_nccl_on_the_gpu_in_fp32_and_bf16(axes_run: dict[str, dict[str, Any]]) -> None:
+    for key in ("fsdp-fp32", "fsdp-bf16"):
+        case = axes_run[key]
+        assert case["status"] == "ok", (key, case["error"])
+        assert case["backend"] == "nccl"
+        assert case["device"].startswith("cuda")
+        assert case["metrics"]["throughput"]["median"] > 0

@@ -267,8 +267,8 @@ def _summary(rank: int, record: dict) -> dict:
     """A rank's summary from its session's trials and its collectors' final records."""
     from bench.ddp_worker import _rank_summary
 
-    session = SimpleNamespace(local_window_s=[0.01, 0.011], steps_per_window=10, batch=64, device="cpu",
-                              threads=1, step_ms=[1.0], warnings=[])
+    session = SimpleNamespace(local_window_s=[0.01, 0.011], steps_per_window=10, batch=64, micro_batches=1,
+                              device="cpu", threads=1, step_ms=[1.0], warnings=[])
     return _rank_summary(rank, rank, session, {"peak_rss_mb": record["metrics"]["peak_rss_mb"],
                                                 "collectors": record["collectors"]})
 

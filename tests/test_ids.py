@@ -51,7 +51,16 @@ def test_the_shipped_suites_keep_their_ids() -> None:
                 "cnn-sgd_m0.9-tanh-bs64", "cnn-sgd_m0.9-sigmoid-bs64", "cnn-adam-relu-bs64", "cnn-adam-tanh-bs64",
                 "mlp-sgd-relu-bs256"],
         "gpu-smoke": ["cuda", "dp", "ddp-cuda-nccl"],
+        "gpu-modern": ["bf16-no_compile-cuda", "fp16-no_compile-cuda", "fp32-compile-cuda",
+                       "fp32-no_compile-fsdp-cuda-nccl", "bf16-no_compile-fsdp-cuda-nccl"],
         "mlp": [f"{o}-{a}" for o in ("sgd", "sgd_m0.9", "adam", "rmsprop") for a in ("relu", "tanh", "sigmoid")],
+        "modern": [f"{m}-{rest}" for m in ("mlp", "cnn") for rest in (
+            ["fp32-no_compile-no_channels_last-ga1-no_ckpt-cpu-ws1"]
+            + ([f"fp32-no_compile-no_channels_last-ga1-no_ckpt-{mode}-ws{n}" for mode in ("ddp", "fsdp")
+                for n in (1, 2)] if m == "cnn" else [])
+            + ["fp32-no_compile-no_channels_last-ga1-ckpt-cpu-ws1", "fp32-no_compile-no_channels_last-ga4-no_ckpt-cpu-ws1",
+               "fp32-no_compile-channels_last-ga1-no_ckpt-cpu-ws1", "fp32-compile-no_channels_last-ga1-no_ckpt-cpu-ws1",
+               "bf16-no_compile-no_channels_last-ga1-no_ckpt-cpu-ws1"])],
         "pipeline": ["syn", "loader_w0_RandomHorizontalFlip_RandomRotation",
                      "loader_w1_RandomHorizontalFlip_RandomRotation"],
         "profile": ["torch", "pyspy"],

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bench.collectors import CaseContext, Collector
+from bench.suite import LAUNCHED_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -249,10 +250,13 @@ class FlopsCollector(Collector):
         per_sample = total / ctx.samples_per_step
         m = ctx.measurement
         achieved = per_sample * median(m.window_throughput) if m and m.window_seconds else None
-        dtype = compute_dtype(ctx.model) if ctx.model is not None else "float32"
-        # Under DDP each rank counts its own step, and throughput is the ranks' total, so the
-        # peak to compare with is every rank's GPU together.
-        devices = ctx.params.world_size if ctx.device.type == "cuda" and ctx.params.mode == "ddp" else 1
+        # Under autocast (or FSDP2's policy) matrix products run in the case's precision, whatever
+        # the parameters' own type.
+        reduced = {"bf16": "bfloat16", "fp16": "float16"}.get(ctx.params.precision)
+        dtype = reduced or (compute_dtype(ctx.model) if ctx.model is not None else "float32")
+        # Under DDP and FSDP each rank counts its own step, and throughput is the ranks' total, so
+        # the peak to compare with is every rank's GPU together.
+        devices = ctx.params.world_size if ctx.device.type == "cuda" and ctx.params.mode in LAUNCHED_MODES else 1
         if ctx.params.peak_flops is not None:
             peak: float | None = ctx.params.peak_flops
             source = "suite: peak_flops"

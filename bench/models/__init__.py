@@ -103,9 +103,12 @@ def import_factory(path: str) -> Any:
 
 
 def build_model(name: str | None, import_path: str | None, kwargs: dict[str, Any], activation: str,
-                num_classes: int) -> nn.Module:
-    """Make the model of a case (inside the worker process)."""
+                num_classes: int, checkpointing: bool = False) -> nn.Module:
+    """Make the model of a case (inside the worker process). With ``checkpointing``, a built-in
+    model checkpoints each of its blocks; a user's factory that takes ``activation_checkpointing``
+    is asked to do its own, and any other model gets each top-level child checkpointed."""
     from bench.components import build_activation
+    from bench.models.checkpointing import checkpoint_children
 
     def act() -> nn.Module:
         return build_activation(activation)
@@ -119,7 +122,13 @@ def build_model(name: str | None, import_path: str | None, kwargs: dict[str, Any
             call_kwargs["activation"] = act
         if "num_classes" in params and "num_classes" not in call_kwargs:
             call_kwargs["num_classes"] = num_classes
+        # A factory that takes activation_checkpointing knows its own blocks (kwargs may set it too).
+        own = "activation_checkpointing" in params
+        if checkpointing and own:
+            call_kwargs.setdefault("activation_checkpointing", True)
         model: nn.Module = factory(**call_kwargs)
+        if checkpointing and not own:
+            checkpoint_children(model)
         return model
     assert name is not None
     if name.startswith(TORCHVISION_PREFIX):
@@ -128,6 +137,8 @@ def build_model(name: str | None, import_path: str | None, kwargs: dict[str, Any
         # weights=None: random initialisation, nothing is downloaded.
         tv: nn.Module = models.get_model(name[len(TORCHVISION_PREFIX):], weights=None,
                                          num_classes=num_classes, **kwargs)
+        if checkpointing:
+            checkpoint_children(tv)
         return tv
     from bench.models.classic import MLP, LeNet
 
@@ -135,8 +146,8 @@ def build_model(name: str | None, import_path: str | None, kwargs: dict[str, Any
         hidden = kwargs.get("hidden", 128)
         if isinstance(hidden, int):
             hidden = [hidden] * int(kwargs.get("depth", 1))
-        return MLP(act, list(hidden), num_classes=num_classes)
+        return MLP(act, list(hidden), num_classes=num_classes, checkpoint=checkpointing)
     if name == "cnn":
-        return LeNet(act, num_classes=num_classes)
+        return LeNet(act, num_classes=num_classes, checkpoint=checkpointing)
     MODELS.get(name)  # raises with the list of names
     raise AssertionError(name)

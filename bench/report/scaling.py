@@ -1,4 +1,4 @@
-"""The Scaling view: throughput and parallel efficiency against world size, DP and DDP side by
+"""The Scaling view: throughput and parallel efficiency against world size, DP, DDP and FSDP side by
 side, from the ``scaling`` list that a run with several world sizes adds to its results."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from typing import Any
 from bench.labels import fmt_value
 from bench.report.figures import COLORWAY, embed, esc, layout, rnd, rnd_all
 from bench.report.model import Cell, Column, Context, Table, View, as_float, num
+from bench.scaling import SCALING_MODES
 
-MODE_ORDER = ("dp", "ddp")
+MODE_ORDER = SCALING_MODES
 
 
 def _entries(ctx: Context) -> list[dict[str, Any]]:
@@ -82,7 +83,7 @@ def build(ctx: Context) -> View | None:
         Column("world size", True), Column("throughput (samples/s)", True), Column("speed-up (x)", True),
         Column("efficiency (%)", True, "speed-up / world size"), Column("case")]
     return View("scaling", "Scaling", "Throughput and parallel efficiency (speed-up over the smallest world size, "
-                "divided by the number of processes) for DP and DDP; the dotted lines are perfect scaling.",
+                "divided by the number of processes) for DP, DDP and FSDP; the dotted lines are perfect scaling.",
                 [embed(ctx, fig), Table(ctx.new_id("table"), columns, rows)])
 
 

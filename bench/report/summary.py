@@ -121,6 +121,7 @@ def _results_table(ctx: Context) -> list[Block]:
                    "version 2: median of the trial medians; version 1: median over the windows of one stretch")
     has_cuda = any(r.metrics is not None and r.metrics.cuda_peak_allocated_mb is not None for r in ctx.rows)
     has_flops = any(r.collector("flops") for r in ctx.rows)
+    has_compile = any(r.metrics is not None and r.metrics.compile_s is not None for r in ctx.rows)
     columns = ([Column("run")] if ctx.multi_run else []) + [Column("case"), Column("status")]
     columns += [Column(a) for a in axes]
     intervals = interval_caption(ctx.rows, ctx.multi_run)
@@ -131,6 +132,10 @@ def _results_table(ctx: Context) -> list[Block]:
                 Column("peak RSS (MiB)", True, "peak resident memory of the case process")]
     if has_cuda:
         columns.append(Column("CUDA peak (MiB)", True, "torch.cuda.max_memory_allocated"))
+    if has_compile:
+        columns += [Column("compile (s)", True, "torch.compile: the first step, compilation included, before the "
+                                                "warm-up and outside every trial"),
+                    Column("graph breaks", True, "where torch exposes the count")]
     if has_flops:
         columns += [Column("FLOPs per sample", True, "forward and backward"), Column("achieved (FLOP/s)", True),
                     Column("MFU (%)", True, "model FLOPs utilisation: achieved over the device's peak")]
@@ -157,6 +162,9 @@ def _results_table(ctx: Context) -> list[Block]:
                   else [Cell(""), Cell(""), Cell("")])
         if has_cuda:
             cells.append(num(m.cuda_peak_allocated_mb if m is not None else None, 0))
+        if has_compile:
+            cells += [num(m.compile_s if m is not None else None, 2),
+                      num(m.graph_breaks if m is not None else None, 0)]
         if has_flops:
             flops = r.collector("flops")
             per_sample, achieved, mfu = (as_float(getattr(flops, k, None)) for k in

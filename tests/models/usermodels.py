@@ -77,3 +77,28 @@ def separable(num_classes: int = 10) -> nn.Module:
         nn.Conv2d(16, 32, 1), nn.ReLU(),
         nn.Flatten(), nn.Linear(32 * 8 * 8, num_classes),
     )
+
+
+class _TwoBlocks(nn.Module):
+    """Two top-level children with parameters and one without, for activation checkpointing."""
+
+    def __init__(self, num_classes: int = 10, own_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.own_checkpointing = own_checkpointing
+        self.first = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 8))
+        self.act = nn.ReLU()
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.act(self.first(x)))
+        return out
+
+
+def two_blocks(num_classes: int = 10) -> nn.Module:
+    """No say in activation checkpointing: bench checkpoints its top-level children."""
+    return _TwoBlocks(num_classes)
+
+
+def own_checkpointing(num_classes: int = 10, activation_checkpointing: bool = False) -> nn.Module:
+    """Takes ``activation_checkpointing``: it does its own (here: it only records the request)."""
+    return _TwoBlocks(num_classes, own_checkpointing=activation_checkpointing)
