@@ -25,13 +25,15 @@ import json
 import math
 import os
 import secrets
+import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Client
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from bench import environment, pairs, userpath
 from bench import trials as trial_stats
@@ -58,10 +60,14 @@ from bench.side_worker import ENV_KEY
 from bench.sides import Side
 from bench.suite import Case, Suite
 
+if TYPE_CHECKING:
+    from bench.runner import CaseLauncher
+
 AB_NAME = "ab.json"
 ESTIMATOR = "median of halves; 95% order-statistic interval over halves (bench ab: each half of a pair is a trial)"
-DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE, "min_pairs": 20, "check_every": 10,
-                    "max_pairs": 400, "max_time": 40.0, "half_windows": 2, "confirm": True}
+DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE, "pairs_per_launch": 10,
+                    "min_launches": 8, "check_every": 2, "max_launches": 24, "max_time": 90.0, "half_windows": 2,
+                    "confirm": True}
 # Modes whose case is one process; ddp cases are torchrun jobs, which `bench ab` does not pair yet.
 SINGLE_PROCESS = ("cpu", "cuda", "dp")
 
@@ -114,12 +120,31 @@ class _Silent:
 # --- starting a side's case process ----------------------------------------------------------------
 
 
+def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) -> Callable[[], Worker]:
+    """Start ``side``'s case process for ``case`` as a fork of the case server, which has imported
+    torch and bench already (``bench.preload``): a launch then costs the model's build and warm-up,
+    not an interpreter's start. For sides under this interpreter."""
+    from bench import worker_entry
+    from bench.rounds import process_worker
+
+    parent, child = launcher.ctx.Pipe(duplex=True)
+    payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
+    proc = launcher.ctx.Process(target=worker_entry.serve_side_main,
+                                args=(child, payload, str(log_path.resolve()), str(side.directory)), daemon=False)
+    with userpath.safe_path_environ():
+        proc.start()
+    child.close()
+    worker = process_worker(proc, parent)
+    return lambda: worker
+
+
 def start_side(side: Side, case: Case, scratch: Path, log_path: Path) -> Callable[[], Worker]:
     """Start ``side``'s case process for ``case`` (a fresh interpreter in the side's directory);
     returns a function that connects to it once it listens (the two sides start in parallel)."""
     scratch.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(16)
-    address = scratch / f"{side.label}-address.json"
+    # Absolute: the process runs in the side's directory, not this one.
+    address = scratch.resolve() / f"{side.label}-address.json"
     address.unlink(missing_ok=True)
     env = {**os.environ, **userpath.safe_path_env(),
            ENV_KEY: json.dumps({"address_file": str(address), "authkey": key})}
@@ -173,11 +198,11 @@ def _log_tail(path: Path) -> str:
 
 @dataclass
 class _CaseRun:
-    """Both sides of one case while its pairs run."""
+    """Both sides of one case while its launches run."""
 
     case: Case
     settings: ABSettings
-    workers: dict[str, Worker]
+    launch: Callable[[], dict[str, Worker]]  # fresh, warmed-up processes of both sides
     states: dict[str, CaseState]
     origin: float
     orders: list[bool]
@@ -185,74 +210,87 @@ class _CaseRun:
     log_ratios: list[float] = field(default_factory=list)
     base_first: list[bool] = field(default_factory=list)
     stage_of_pair: list[int] = field(default_factory=list)
-    counted: list[bool] = field(default_factory=list)
+    launch_of_pair: list[int] = field(default_factory=list)
     pair_start_s: list[float] = field(default_factory=list)
+    launch_ratios: list[float] = field(default_factory=list)
+    launch_stage: list[int] = field(default_factory=list)
     stages: list[StageRecord] = field(default_factory=list)
     stats: list[pairs.PairStats | None] = field(default_factory=list)
 
-    def half(self, label: str, index: int, position: int) -> tuple[float, float, float]:
-        """One side's half of pair ``index``: (throughput, measured seconds, start)."""
+    def half(self, worker: Worker, label: str, index: int, position: int) -> tuple[float, float]:
+        """One side's half of pair ``index``: (throughput, start)."""
         request = {"op": "trial", "seconds": 0.0, "windows": self.settings.half_windows, "collect": False}
-        answer = self.workers[label].request(request, timeout=self.case.params.timeout)
+        answer = worker.request(request, timeout=self.case.params.timeout)
         if answer.get("status") != "ok":
             raise _SideFailed(label, answer)
-        record = trial_record(answer, index, position, self.origin, 0)
+        record = trial_record(answer, index, position, self.origin, len(self.launch_ratios))
         self.states[label].trials.append(record)
-        return record["median"], sum(answer["window_s"]), answer["start"] - self.origin
+        return record["median"], answer["start"] - self.origin
+
+    def one_launch(self, stage_index: int) -> None:
+        """Fresh processes of both sides, ``pairs_per_launch`` pairs from them, then they end."""
+        workers = self.launch()
+        logs: list[float] = []
+        try:
+            for _ in range(self.settings.pairs_per_launch):
+                index = len(self.log_ratios)
+                base_first = self.orders[index % len(self.orders)]
+                order = ("base", "new") if base_first else ("new", "base")
+                got: dict[str, float] = {}
+                start = 0.0
+                for position, label in enumerate(order):
+                    got[label], at = self.half(workers[label], label, index, position)
+                    start = at if position == 0 else start
+                logs.append(math.log(got["new"] / got["base"]))
+                self.log_ratios.append(logs[-1])
+                self.base_first.append(base_first)
+                self.stage_of_pair.append(stage_index)
+                self.launch_of_pair.append(len(self.launch_ratios))
+                self.pair_start_s.append(start)
+        finally:
+            for worker in workers.values():
+                worker.stop()
+        self.launch_ratios.append(statistics.median(logs))
+        self.launch_stage.append(stage_index)
 
     def stage(self, kind: Literal["initial", "confirmation"]) -> StageRecord:
-        """Pairs until they answer or the budget runs out (module docstring)."""
+        """Launches until they answer or the budget runs out (module docstring)."""
         s = self.settings
-        first = len(self.log_ratios)
         stage_index = len(self.stages)
-        base_halves: list[float] = []
-        new_halves: list[float] = []
-        measured = 0.0
+        first = len(self.launch_ratios)
+        pairs_before = len(self.log_ratios)
+        t0 = time.monotonic()
         while True:
-            index = len(self.log_ratios)
-            base_first = self.orders[index]
-            order = ("base", "new") if base_first else ("new", "base")
-            got: dict[str, float] = {}
-            start = 0.0
-            for position, label in enumerate(order):
-                value, seconds, at = self.half(label, index, position)
-                got[label] = value
-                measured += seconds
-                if position == 0:
-                    start = at
-            base_halves.append(got["base"])
-            new_halves.append(got["new"])
-            self.log_ratios.append(math.log(got["new"] / got["base"]))
-            self.base_first.append(base_first)
-            self.stage_of_pair.append(stage_index)
-            self.counted.append(True)
-            self.pair_start_s.append(start)
-            n = index + 1 - first
-            full = n >= s.max_pairs or measured >= s.max_time
-            stats: pairs.PairStats | None = None
-            if n >= s.min_pairs and ((n - s.min_pairs) % s.check_every == 0 or full):
-                trimmed = pairs.warmup_pairs(base_halves, new_halves)
-                stats = pairs.analyse(self.log_ratios[first + trimmed:], s.confidence)
-                found = pairs.answer(stats, s.threshold) if stats is not None else None
-                self.observer.pair_finished(self.case, kind, n, stats)
-                if found is not None or full:
-                    for i in range(first, first + trimmed):
-                        self.counted[i] = False
-                    reason: Literal["answer", "max_pairs", "max_time"] = (
-                        "answer" if found is not None else "max_pairs" if n >= s.max_pairs else "max_time")
-                    record = StageRecord(
-                        kind=kind, pairs=n, trimmed=trimmed, answer=found, stop_reason=reason, measured_s=measured,
-                        ratio=stats.ratio if stats else None, low=stats.low if stats else None,
-                        high=stats.high if stats else None, p=stats.p if stats else None, sd=stats.sd if stats else None)
-                    self.stages.append(record)
-                    self.stats.append(stats)
-                    return record
-            elif n % 5 == 0:
+            self.one_launch(stage_index)
+            n = len(self.launch_ratios) - first
+            elapsed = time.monotonic() - t0
+            full = n >= s.max_launches or elapsed >= s.max_time
+            if n < s.min_launches and not full:
                 self.observer.pair_finished(self.case, kind, n, None)
+                continue
+            if not full and (n - s.min_launches) % s.check_every != 0:
+                continue
+            stats = pairs.analyse(self.launch_ratios[first:], s.confidence, unit=self.unit)
+            found = pairs.answer(stats, s.threshold) if stats is not None else None
+            self.observer.pair_finished(self.case, kind, n, stats)
+            if found is not None or full:
+                reason: Literal["answer", "max_launches", "max_time"] = (
+                    "answer" if found is not None else "max_launches" if n >= s.max_launches else "max_time")
+                record = StageRecord(
+                    kind=kind, launches=n, pairs=len(self.log_ratios) - pairs_before, answer=found,
+                    stop_reason=reason, measured_s=elapsed, ratio=stats.ratio if stats else None,
+                    low=stats.low if stats else None, high=stats.high if stats else None,
+                    p=stats.p if stats else None, sd=stats.sd if stats else None)
+                self.stages.append(record)
+                self.stats.append(stats)
+                return record
 
-    def all_counted(self) -> pairs.PairStats | None:
-        return pairs.analyse([r for r, c in zip(self.log_ratios, self.counted, strict=True) if c],
-                             self.settings.confidence)
+    @property
+    def unit(self) -> str:
+        return f"launches of {self.settings.pairs_per_launch} pairs"
+
+    def all_launches(self) -> pairs.PairStats | None:
+        return pairs.analyse(self.launch_ratios, self.settings.confidence, unit=self.unit)
 
 
 def _verdict(run: _CaseRun) -> dict[str, Any]:
@@ -267,32 +305,32 @@ def _verdict(run: _CaseRun) -> dict[str, Any]:
         if first is None:
             return {"verdict": "inconclusive", "message": "inconclusive: too few pairs for an interval"}
         needed = pairs.pairs_needed(first, s.threshold)
-        more = f"; about {needed} pairs would settle it" if needed else ""
+        more = f"; about {needed} launches would settle it" if needed else ""
         found = _fields(first, "inconclusive", (
-            f"inconclusive: {first.describe()} is neither within {limit} nor beyond it; these pairs could flag "
-            f"a change of {pairs.detectable(first, s.threshold):.1%} or more{more}"))
-        found.update(detectable=pairs.detectable(first, s.threshold), pairs_needed=needed)
+            f"inconclusive: {first.describe()} is neither within {limit} nor beyond it; these launches could "
+            f"flag a change of {pairs.detectable(first, s.threshold):.1%} or more{more}"))
+        found.update(detectable=pairs.detectable(first, s.threshold), launches_needed=needed)
         return found
     if not s.confirm:
         return _fields(first, initial.answer, f"{initial.answer}: {first.describe()}, beyond {limit} (not confirmed: "
                                               f"confirmation is off)")
     confirmation = run.stages[1]
     again = run.stats[1]
-    combined = run.all_counted() or first
+    combined = run.all_launches() or first
     if confirmation.answer == initial.answer and again is not None:
         return _fields(combined, initial.answer, (
-            f"{initial.answer}: {combined.describe()}, beyond {limit}; confirmed by {again.n} fresh pairs "
+            f"{initial.answer}: {combined.describe()}, beyond {limit}; confirmed by {again.n} fresh launches "
             f"({again.describe()})"))
     said = confirmation.answer or "undecided"
     detail = f" ({again.describe()})" if again is not None else ""
     return _fields(combined, "inconclusive", (
-        f"inconclusive: {first.n} pairs said {initial.answer} ({first.describe()}), but {confirmation.pairs} fresh "
-        f"pairs said {said}{detail}: not confirmed"))
+        f"inconclusive: {first.n} launches said {initial.answer} ({first.describe()}), but {confirmation.launches} "
+        f"fresh launches said {said}{detail}: not confirmed"))
 
 
 def _fields(stats: pairs.PairStats, verdict: str, message: str) -> dict[str, Any]:
     return {"verdict": verdict, "message": message, "ratio": stats.ratio, "low": stats.low, "high": stats.high,
-            "confidence": stats.confidence, "p": stats.p, "pairs": stats.n}
+            "confidence": stats.confidence, "p": stats.p, "launches": stats.n}
 
 
 def _adjust(cases: list[ABCaseRecord], confidence: float) -> None:
@@ -360,24 +398,29 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
         atomic_write_text(path, json.dumps(finite(dump(doc)), indent=1, allow_nan=False))
 
     flush()
+    from bench.runner import CaseLauncher
+
+    launcher = CaseLauncher()
     # The statistics import numpy, scipy and ruptures (seconds): before the first pair, not inside it.
     pairs.analyse([0.01, -0.01, 0.02])
     trial_stats.detect_drift([1.0] * 8)
     try:
         for index, case in enumerate(suite.cases):
             obs.case_started(case, index, len(suite.cases))
-            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs)
+            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs, launcher)
             for label, case_record in side_records.items():
                 writers[label].put(case_record)
             doc.cases.append(record)
             flush()
             obs.case_finished(case, record)
     except KeyboardInterrupt:
+        launcher.close()
         for w in writers.values():
             w.finish("interrupted")
         doc.run.status, doc.run.finished = "interrupted", now()
         flush()
         raise Interrupted(f"interrupted after {len(doc.cases)} of {len(suite.cases)} case(s); saved in {out_dir}") from None
+    launcher.close()
     _adjust(doc.cases, settings.confidence)
     for w in writers.values():
         w.finish("complete")
@@ -390,8 +433,13 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
     return ABOutcome(out_dir, doc)
 
 
+def forkable(side: Side) -> bool:
+    """Whether the side runs under this interpreter, so its processes can be forks of the case server."""
+    return os.path.realpath(side.python) == os.path.realpath(sys.executable)
+
+
 def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, settings: ABSettings,
-              obs: Observer) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
+              obs: Observer, launcher: CaseLauncher) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
     from bench.runner import _case_record
 
     params = Params.model_validate(case.params_json())
@@ -401,37 +449,50 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
         record = ABCaseRecord(id=case.id, params=params, verdict="skipped", message=f"skipped: {reason}", error=reason)
         return record, {label: _case_record(case, now(), 0.0, {"status": "skipped", "error": reason}, None)
                         for label in states}
-    workers: dict[str, Worker] = {}
     run: _CaseRun | None = None
     failure: tuple[str, dict[str, Any]] | None = None
     for state in states.values():
         state.started, state.t0 = now(), time.monotonic()
+    payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
+
+    def launch() -> dict[str, Worker]:
+        """Both sides' processes, started together, each built and warmed up."""
+        workers: dict[str, Worker] = {}
+        try:
+            connects = {s.label: fork_side(launcher, s, case, states[s.label].log_path) if forkable(s)
+                        else start_side(s, case, out_dir / "scratch" / case.id, states[s.label].log_path)
+                        for s in (base, new)}
+            for label, connect in connects.items():
+                workers[label] = connect()
+            for label, worker in workers.items():
+                side = base if label == "base" else new
+                if forkable(side):
+                    continue  # a fork has its payload already
+                hello = worker.request(None, timeout=case.params.timeout)
+                if hello.get("status") != "probe":
+                    raise _SideFailed(label, hello)
+                worker.conn.send(payload)
+            for label, worker in workers.items():
+                ready = worker.request(None, timeout=case.params.timeout)
+                if ready.get("status") != "ready":
+                    raise _SideFailed(label, ready)
+                states[label].ready = states[label].ready or ready
+        except BaseException:
+            for worker in workers.values():
+                worker.stop()
+            raise
+        return workers
+
     try:
-        connects = {s.label: start_side(s, case, out_dir / "scratch" / case.id, states[s.label].log_path)
-                    for s in (base, new)}
-        payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
-        for label, connect in connects.items():
-            workers[label] = connect()
-        for label, worker in workers.items():  # one after the other: calibration times a quiet machine
-            hello = worker.request(None, timeout=case.params.timeout)
-            if hello.get("status") != "probe":
-                raise _SideFailed(label, hello)
-            worker.conn.send(payload)
-            ready = worker.request(None, timeout=case.params.timeout)
-            if ready.get("status") != "ready":
-                raise _SideFailed(label, ready)
-            states[label].ready = ready
         origin = time.perf_counter()
-        orders = pairs.pair_orders(2 * settings.max_pairs + 2, settings.order_seed + index)
-        run = _CaseRun(case, settings, workers, states, origin, orders, obs)
+        orders = pairs.pair_orders(4 * settings.max_launches * settings.pairs_per_launch + 2,
+                                   settings.order_seed + index)
+        run = _CaseRun(case, settings, launch, states, origin, orders, obs)
         first = run.stage("initial")
         if first.answer in ("regression", "improvement") and settings.confirm:
             run.stage("confirmation")
     except _SideFailed as exc:
         failure = (exc.side, exc.answer)
-    finally:
-        for worker in workers.values():
-            worker.stop()
     side_records: dict[str, CaseRecord] = {}
     for label, state in states.items():
         state.stop_reason = "pairs"
@@ -464,4 +525,5 @@ def _pairs_of(run: _CaseRun | None) -> dict[str, Any]:
     if run is None:
         return {}
     return {"log_ratios": run.log_ratios, "base_first": run.base_first, "stage_of_pair": run.stage_of_pair,
-            "counted": run.counted, "pair_start_s": run.pair_start_s}
+            "launch_of_pair": run.launch_of_pair, "launch_ratios": run.launch_ratios,
+            "pair_start_s": run.pair_start_s, "pairs": len(run.log_ratios)}

@@ -31,7 +31,8 @@ class CalibrationCase(Record):
     id: str
     verdict: str = Field(description="What the A/A run said: anything but `unchanged`/`inconclusive` is a false alarm.")
     pairs: int = Field(ge=0)
-    pair_sd: NonNeg | None = Field(description="Standard deviation of one pair's log ratio.")
+    launches: int = Field(ge=0)
+    launch_sd: NonNeg | None = Field(description="Standard deviation of one launch's log ratio (process to process).")
     drift: NonNeg | None = Field(description="Noise floor of unpaired comparisons: the machine's drift over the run.")
 
 
@@ -71,9 +72,9 @@ def from_ab(doc: ABDoc, out_dir: Path) -> CalibrationDoc:
     for c in doc.cases:
         halves = [t.median for t in sorted(base[c.id].trials or [], key=lambda t: (t.round, t.position))] \
             if c.id in base else []
-        counted = [r for r, k in zip(c.log_ratios, c.counted, strict=False) if k]
-        cases.append(CalibrationCase(id=c.id, verdict=c.verdict, pairs=c.pairs,
-                                     pair_sd=float(np.std(counted, ddof=1)) if len(counted) > 1 else None,
+        launches = list(c.launch_ratios)
+        cases.append(CalibrationCase(id=c.id, verdict=c.verdict, pairs=c.pairs, launches=c.launches,
+                                     launch_sd=float(np.std(launches, ddof=1)) if len(launches) > 1 else None,
                                      drift=spread(halves)))
     drifts = [c.drift for c in cases if c.drift is not None]
     return CalibrationDoc(created=now(), suite=doc.suite.name, environment=doc.environment,

@@ -166,11 +166,17 @@ def _ab_args(p: argparse.ArgumentParser) -> None:
                    help="interpreter of the new side's case processes (default: this one)")
     p.add_argument("--threshold", type=float, metavar="PCT",
                    help="changes smaller than this many percent are 'unchanged' (default 3)")
-    p.add_argument("--max-pairs", type=int, metavar="N", help="pairs per case and set before 'inconclusive' (default 400)")
+    p.add_argument("--pairs-per-launch", type=int, metavar="N",
+                   help="pairs taken from each launch, a fresh start of both sides' processes (default 10)")
+    p.add_argument("--min-launches", type=int, metavar="N", help="launches before the first look (default 8)")
+    p.add_argument("--max-launches", type=int, metavar="N",
+                   help="launches per case and set before 'inconclusive' (default 24)")
     p.add_argument("--max-time", type=float, metavar="S",
-                   help="measured seconds per case and set before 'inconclusive' (default 40)")
-    p.add_argument("--min-pairs", type=int, metavar="N", help="pairs before the first look (default 20)")
+                   help="seconds per case and set, start-ups included, before 'inconclusive' (default 90)")
     p.add_argument("--no-confirm", action="store_true", help="do not confirm a flagged case with fresh pairs")
+    p.add_argument("--half-windows", type=int, metavar="N",
+                   help="timing windows (of measure.window_time each) in each half of a pair; a half's value is "
+                        "their median (default 2)")
     p.add_argument("--order-seed", type=int, metavar="N", help="seed of the pairs' order (default: fresh; recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -422,8 +428,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from bench import suite as suite_mod
 
     threshold = None if args.threshold is None else args.threshold / 100
-    settings = ab.settings_from(args.order_seed, threshold=threshold, max_pairs=args.max_pairs,
-                                max_time=args.max_time, min_pairs=args.min_pairs,
+    settings = ab.settings_from(args.order_seed, threshold=threshold, pairs_per_launch=args.pairs_per_launch,
+                                min_launches=args.min_launches, max_launches=args.max_launches,
+                                max_time=args.max_time, half_windows=args.half_windows,
                                 confirm=False if args.no_confirm else None)
     base_spec, new_spec = (args.side, args.side) if args.kind == "aa" else (args.base, args.new)
     signal.signal(signal.SIGTERM, _raise_interrupt)

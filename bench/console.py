@@ -166,14 +166,14 @@ def print_ab(doc: Any) -> None:
     s = doc.settings
     table = Table(title=f"{doc.kind}: {headline(doc)} (threshold ±{s.threshold:.1%}, {s.confidence:.0%} intervals)")
     for col, justify in [("case", "left"), ("verdict", "left"), ("change new/base", "right"), ("interval", "right"),
-                         ("pairs", "right"), ("adj. p", "right")]:
+                         ("launches", "right"), ("pairs", "right"), ("adj. p", "right")]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for c in doc.cases:
         change = "-" if c.ratio is None else f"{(c.ratio - 1) * 100:+.1f}%"
         interval = "-" if c.low is None or c.high is None else \
             f"{(c.low - 1) * 100:+.1f}% to {(c.high - 1) * 100:+.1f}%"
         table.add_row(escape(c.id), f"[{_AB_STYLE.get(c.verdict, '')}]{c.verdict}[/]", change, interval,
-                      str(c.pairs), "-" if c.p_adjusted is None else f"{c.p_adjusted:.2g}")
+                      str(c.launches), str(c.pairs), "-" if c.p_adjusted is None else f"{c.p_adjusted:.2g}")
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)

@@ -75,8 +75,9 @@ class PairStats:
     high: float
     confidence: float
     p: float  # two-sided Wilcoxon signed-rank test of "no change"
-    sd: float  # standard deviation of the per-pair log ratios (noise of one pair)
+    sd: float  # standard deviation of the per-unit log ratios (noise of one unit)
     method: str
+    unit: str = "pairs"  # what ``n`` counts
 
     @property
     def half_width(self) -> float:
@@ -86,7 +87,7 @@ class PairStats:
     def describe(self) -> str:
         """E.g. ``-4.8% [-6.0, -3.5] (99% CI, 120 pairs)``."""
         return (f"{pct(self.ratio)} [{pct(self.low, sign=True)[:-1]}, {pct(self.high, sign=True)[:-1]}] "
-                f"({self.confidence:.0%} CI, {self.n} pairs)")
+                f"({self.confidence:.0%} CI, {self.n} {self.unit})")
 
 
 def pct(ratio: float, sign: bool = True) -> str:
@@ -94,8 +95,9 @@ def pct(ratio: float, sign: bool = True) -> str:
     return f"{(ratio - 1) * 100:+.1f}%" if sign else f"{abs(ratio - 1) * 100:.1f}%"
 
 
-def analyse(log_ratios: Sequence[float], confidence: float = CONFIDENCE) -> PairStats | None:
-    """Estimate, interval and test from per-pair log ratios log(new/base); None with fewer than 2."""
+def analyse(log_ratios: Sequence[float], confidence: float = CONFIDENCE, unit: str = "pairs") -> PairStats | None:
+    """Estimate, interval and test from independent log ratios log(new/base), one per pair or one
+    per launch (``unit``); None with fewer than 2."""
     import numpy as np
     from scipy.stats import wilcoxon
 
@@ -105,7 +107,8 @@ def analyse(log_ratios: Sequence[float], confidence: float = CONFIDENCE) -> Pair
     x = np.asarray(log_ratios, dtype=float)
     p = 1.0 if not np.any(x) else float(wilcoxon(x, zero_method="zsplit").pvalue)
     return PairStats(len(x), effect.point, effect.low, effect.high, confidence, p,
-                     float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, effect.method)
+                     float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, effect.method.replace("per-round", "per-unit"),
+                     unit)
 
 
 def answer(stats: PairStats, threshold: float = THRESHOLD) -> Answer | None:

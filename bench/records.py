@@ -423,16 +423,16 @@ class StageRecord(Record):
     """One set of pairs: the first, or the fresh set that confirms a flagged case."""
 
     kind: Literal["initial", "confirmation"]
+    launches: int = Field(ge=0, description="Launches in this set: fresh processes of both sides, each taking pairs.")
     pairs: int = Field(ge=0, description="Pairs measured in this set.")
-    trimmed: int = Field(ge=0, description="Leading pairs dropped as warm-up.")
     answer: Literal["unchanged", "regression", "improvement"] | None = Field(
         description="What this set alone says; null when its budget ran out undecided.")
-    ratio: Positive | None = Field(description="Throughput new/base: Hodges-Lehmann over this set's pairs.")
+    ratio: Positive | None = Field(description="Throughput new/base: Hodges-Lehmann over this set's launches.")
     low: Positive | None = None
     high: Positive | None = None
     p: float | None = Field(default=None, ge=0, le=1, description="Wilcoxon signed-rank test of no change.")
-    sd: NonNeg | None = Field(default=None, description="Standard deviation of one pair's log ratio.")
-    stop_reason: Literal["answer", "max_pairs", "max_time"]
+    sd: NonNeg | None = Field(default=None, description="Standard deviation of one launch's log ratio.")
+    stop_reason: Literal["answer", "max_launches", "max_time"]
     measured_s: NonNeg = Field(description="Seconds both sides were measured in this set.")
 
 
@@ -447,31 +447,36 @@ class ABCaseRecord(Record):
     verdict: ABVerdict
     message: str = Field(description="The verdict in a sentence, with the number of pairs it rests on.")
     error: str | None = Field(default=None, description="Why a case failed or was skipped, naming the side.")
-    ratio: Positive | None = Field(default=None, description="Throughput new/base over every pair counted.")
+    ratio: Positive | None = Field(default=None, description="Throughput new/base over every launch counted.")
     low: Positive | None = None
     high: Positive | None = None
     confidence: float | None = Field(default=None, gt=0, lt=1)
-    p: float | None = Field(default=None, ge=0, le=1, description="Wilcoxon signed-rank p over every pair counted.")
+    p: float | None = Field(default=None, ge=0, le=1, description="Wilcoxon signed-rank p over every launch counted.")
     p_adjusted: float | None = Field(default=None, ge=0, le=1, description="Benjamini-Hochberg across the run's cases.")
-    pairs: int = Field(default=0, ge=0, description="Pairs counted (warm-up excluded).")
+    launches: int = Field(default=0, ge=0, description="Launches the verdict rests on (the unit of inference).")
+    pairs: int = Field(default=0, ge=0, description="Pairs measured in those launches.")
     detectable: NonNeg | None = Field(
         default=None, description="Inconclusive: the smallest change these pairs could have flagged (0.05 = 5%).")
-    pairs_needed: int | None = Field(default=None, ge=0, description="Inconclusive: about how many pairs would settle it.")
+    launches_needed: int | None = Field(default=None, ge=0,
+                                       description="Inconclusive: about how many launches would settle it.")
     stages: list[StageRecord] = Field(default_factory=list)
     log_ratios: list[float] = Field(default_factory=list, description="log(new/base) of every pair, in time order.")
     base_first: list[bool] = Field(default_factory=list, description="Whether the base side ran first, per pair.")
     stage_of_pair: list[int] = Field(default_factory=list, description="Index into `stages` of each pair.")
-    counted: list[bool] = Field(default_factory=list, description="Whether each pair counts (not warm-up).")
+    launch_of_pair: list[int] = Field(default_factory=list, description="Index into `launch_ratios` of each pair.")
+    launch_ratios: list[float] = Field(default_factory=list,
+                                       description="log(new/base) of each launch: the median of its pairs'.")
     pair_start_s: list[float] = Field(default_factory=list, description="When each pair started, seconds after the first.")
 
 
 class ABSettings(Record):
     threshold: Positive = Field(description="Changes smaller than this are `unchanged` (0.03 = 3%).")
     confidence: float = Field(gt=0, lt=1)
-    min_pairs: int = Field(ge=2)
-    check_every: int = Field(ge=1)
-    max_pairs: int = Field(ge=2, description="Per set of pairs (the first, and a confirmation).")
-    max_time: Positive = Field(description="Measured seconds per set of pairs, both sides together.")
+    pairs_per_launch: int = Field(ge=1, description="Pairs each launch (fresh processes of both sides) takes.")
+    min_launches: int = Field(ge=2, description="Launches before the first look.")
+    check_every: int = Field(ge=1, description="Launches between looks.")
+    max_launches: int = Field(ge=2, description="Per set (the first, and a confirmation).")
+    max_time: Positive = Field(description="Seconds per set, start-ups included.")
     half_windows: int = Field(ge=1, description="Windows in each half of a pair.")
     confirm: bool
     order_seed: int

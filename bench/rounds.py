@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing.process
 import os
 import secrets
 import subprocess
@@ -127,7 +128,6 @@ class CaseState:
 def start_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path) -> Worker:
     """A forked case process serving trials (``bench.session.serve_process``)."""
     from bench import worker_entry
-    from bench.processes import kill_tree
 
     parent, child = launcher.ctx.Pipe(duplex=True)
     payload = {"id": case.id, "params": case.params_json(), "out_dir": str(out_dir) if out_dir else None}
@@ -135,6 +135,12 @@ def start_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_
     with userpath.safe_path_environ():  # should this start the case server (bench.userpath)
         proc.start()
     child.close()
+    return process_worker(proc, parent)
+
+
+def process_worker(proc: multiprocessing.process.BaseProcess, parent: Connection) -> Worker:
+    """The coordinator's handle on a forked case process and its end of the pipe."""
+    from bench.processes import kill_tree
 
     def stop() -> None:
         if proc.pid is not None:

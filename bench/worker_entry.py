@@ -20,3 +20,18 @@ def serve_main(conn: Connection, payload: dict[str, Any], log_path: str | None) 
     userpath.forget_safe_path()  # the case server needed it, the user's code should not see it
 
     session.serve_process(payload, conn, log_path)
+
+
+def serve_side_main(conn: Connection, payload: dict[str, Any], log_path: str | None, side_dir: str) -> None:
+    """A ``bench ab`` side's case process forked from the case server: it runs in the side's
+    directory, with that directory first on its import path (``bench.side_worker`` says why), so
+    the user's model comes from that side's code; bench and torch were imported before the fork."""
+    import os
+    import sys
+
+    from bench import session, userpath
+
+    userpath.forget_safe_path()
+    os.chdir(side_dir)
+    sys.path.insert(0, side_dir)
+    session.serve_process(payload, conn, log_path)

@@ -111,17 +111,19 @@ def test_benjamini_hochberg_adjusts_upwards_and_keeps_the_smallest_p_smallest() 
 
 
 class ScriptedSide:
-    """A side's case process that answers each half from ``throughput(pair_index)``."""
+    """A side's case process that answers each half from ``throughput(half_index)``, times a factor
+    of its own (the speed a process happens to have, which differs from one start to the next)."""
 
-    def __init__(self, throughput: Callable[[int], float]) -> None:
+    def __init__(self, throughput: Callable[[int], float], counter: list[int], factor: float = 1.0) -> None:
         self.throughput = throughput
-        self.calls = 0
+        self.counter = counter  # halves served by this side so far, over every launch
+        self.factor = factor
         self.clock = 0.0
 
     def request(self, message: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         assert message is not None and message["op"] == "trial" and message["windows"] == 2
-        value = self.throughput(self.calls)
-        self.calls += 1
+        value = self.throughput(self.counter[0]) * self.factor
+        self.counter[0] += 1
         self.clock += 0.1
         return {"status": "ok", "start": self.clock, "window_s": [0.05, 0.05], "local_window_s": [0.05, 0.05],
                 "window_throughput": [value, value], "steps": 2, "step_time_ms": [10.0, 10.0],
@@ -131,18 +133,26 @@ class ScriptedSide:
         pass
 
 
-def scripted_run(base: Callable[[int], float], new: Callable[[int], float], **settings: Any) -> ab._CaseRun:
+def scripted_run(base: Callable[[int], float], new: Callable[[int], float], process_sd: float = 0.0,
+                 **settings: Any) -> ab._CaseRun:
     params = CaseParams.model_validate({"model": "mlp"})
     case = Case(id="c", params=params)
     chosen = ab.settings_from(5, **{"max_time": 1e9, **settings})
     states = {label: CaseState(case, Path("unused.log")) for label in ("base", "new")}
-    workers: dict[str, Any] = {"base": ScriptedSide(base), "new": ScriptedSide(new)}
-    return ab._CaseRun(case, chosen, workers, states, 0.0, pairs.pair_orders(4 * chosen.max_pairs, 5), ab._Silent())
+    counters = {"base": [0], "new": [0]}
+    rng = np.random.default_rng(99)
+
+    def launch() -> dict[str, Any]:
+        factors = np.exp(rng.normal(0, process_sd, 2)) if process_sd else (1.0, 1.0)
+        return {"base": ScriptedSide(base, counters["base"], float(factors[0])),
+                "new": ScriptedSide(new, counters["new"], float(factors[1]))}
+
+    return ab._CaseRun(case, chosen, launch, states, 0.0, pairs.pair_orders(1000, 5), ab._Silent())
 
 
 def noisy(factor: float, sd: float, seed: int, burst: tuple[int, int, float] | None = None) -> Callable[[int], float]:
     rng = np.random.default_rng(seed)
-    draws = rng.normal(0, sd, 10_000)
+    draws = rng.normal(0, sd, 100_000)
 
     def at(i: int) -> float:
         slow = burst[2] if burst is not None and burst[0] <= i < burst[1] else 1.0
@@ -159,35 +169,36 @@ def run_case(run: ab._CaseRun) -> dict[str, Any]:
 
 
 def test_quiet_identical_sides_stop_at_the_first_look_as_unchanged() -> None:
-    run = scripted_run(noisy(1.0, 0.005, 1), noisy(1.0, 0.005, 2), min_pairs=20)
+    run = scripted_run(noisy(1.0, 0.005, 1), noisy(1.0, 0.005, 2), min_launches=8)
     found = run_case(run)
     assert found["verdict"] == "unchanged"
-    assert [s.pairs for s in run.stages] == [20]
-    assert "20 pairs" in found["message"]
+    assert [(s.launches, s.pairs) for s in run.stages] == [(8, 80)]
+    assert "8 launches of 10 pairs" in found["message"]
 
 
-def test_noisy_pairs_are_topped_up_in_steps_until_they_answer() -> None:
-    run = scripted_run(noisy(1.0, 0.02, 3), noisy(1.0, 0.02, 4), min_pairs=10, check_every=10)
+def test_noisy_launches_are_topped_up_in_steps_until_they_answer() -> None:
+    run = scripted_run(noisy(1.0, 0.05, 3), noisy(1.0, 0.05, 4), process_sd=0.02, min_launches=6, check_every=2,
+                       max_launches=60)
     found = run_case(run)
     assert found["verdict"] == "unchanged"
-    assert run.stages[0].pairs > 10
-    assert (run.stages[0].pairs - 10) % 10 == 0
+    assert run.stages[0].launches > 6
+    assert (run.stages[0].launches - 6) % 2 == 0
 
 
-def test_a_regression_is_confirmed_by_fresh_pairs_before_it_counts() -> None:
-    run = scripted_run(noisy(1.0, 0.02, 5), noisy(0.9, 0.02, 6), min_pairs=20)
+def test_a_regression_is_confirmed_by_fresh_launches_before_it_counts() -> None:
+    run = scripted_run(noisy(1.0, 0.02, 5), noisy(0.9, 0.02, 6), min_launches=8)
     found = run_case(run)
     assert found["verdict"] == "regression"
     assert [s.kind for s in run.stages] == ["initial", "confirmation"]
     assert [s.answer for s in run.stages] == ["regression", "regression"]
-    assert f"confirmed by {run.stages[1].pairs} fresh pairs" in found["message"]
-    assert found["pairs"] == sum(s.pairs - s.trimmed for s in run.stages)
+    assert f"confirmed by {run.stages[1].launches} fresh launches" in found["message"]
+    assert found["launches"] == sum(s.launches for s in run.stages)
 
 
 def test_one_burst_of_noise_does_not_fail_the_build() -> None:
-    # The new side's process is slowed for its first 30 halves (another tenant), then is as fast
-    # as the base: the first set flags it, the fresh set does not confirm it.
-    run = scripted_run(noisy(1.0, 0.01, 7), noisy(1.0, 0.01, 8, burst=(0, 30, 0.85)), min_pairs=20)
+    # The new side is slowed for its first 80 halves (another tenant), then is as fast as the base:
+    # the first set flags it, the fresh set does not confirm it.
+    run = scripted_run(noisy(1.0, 0.01, 7), noisy(1.0, 0.01, 8, burst=(0, 80, 0.85)), min_launches=8)
     found = run_case(run)
     assert run.stages[0].answer == "regression"
     assert run.stages[1].answer != "regression"
@@ -195,11 +206,24 @@ def test_one_burst_of_noise_does_not_fail_the_build() -> None:
     assert "not confirmed" in found["message"]
 
 
-def test_pairs_that_run_out_of_budget_are_inconclusive_and_say_what_they_could_detect() -> None:
-    run = scripted_run(noisy(1.0, 0.3, 9), noisy(0.97, 0.3, 10), min_pairs=20, max_pairs=40)
+def test_a_process_that_happens_to_be_slow_is_not_taken_for_the_code() -> None:
+    # Identical code whose processes differ by 10% from one start to the next (as measured on this
+    # machine): every pair of one launch shares its processes' speeds, so the pairs alone would
+    # call it a change; over launches the interval covers it.
+    run = scripted_run(noisy(1.0, 0.03, 11), noisy(1.0, 0.03, 12), process_sd=0.1, min_launches=8,
+                       max_launches=12)
     found = run_case(run)
     assert found["verdict"] == "inconclusive"
-    assert run.stages[0].stop_reason == "max_pairs" and run.stages[0].pairs == 40
+    per_pair = pairs.analyse(run.log_ratios)
+    assert per_pair is not None and found["low"] < 1 < found["high"]
+    assert (found["high"] - found["low"]) > (per_pair.high - per_pair.low)
+
+
+def test_launches_that_run_out_of_budget_are_inconclusive_and_say_what_they_could_detect() -> None:
+    run = scripted_run(noisy(1.0, 0.3, 9), noisy(0.97, 0.3, 10), process_sd=0.05, min_launches=8, max_launches=10)
+    found = run_case(run)
+    assert found["verdict"] == "inconclusive"
+    assert run.stages[0].stop_reason == "max_launches" and run.stages[0].launches == 10
     assert found["detectable"] > 0.03
     assert "could flag a change of" in found["message"]
 
@@ -242,7 +266,8 @@ matrix:
     - {import: "abmodel:make", input_shape: [64], label: user}
 """
 
-FAST = ["--min-pairs", "8", "--max-pairs", "40", "--max-time", "3", "--order-seed", "11", "--quiet"]
+FAST = ["--pairs-per-launch", "3", "--min-launches", "3", "--max-launches", "4", "--max-time", "60",
+        "--order-seed", "11", "--quiet"]
 
 
 def side(folder: Path, name: str, depth: int) -> Path:
@@ -267,7 +292,8 @@ def test_ab_runs_each_side_from_its_own_directory_and_writes_both_results(tmp_pa
     # A model 24 times deeper is far slower: no amount of noise on this machine hides that.
     assert case.verdict == "regression" and result.returncode == 1
     assert case.ratio is not None and case.ratio < 0.5
-    assert len(case.log_ratios) == len(case.base_first) == len(case.counted) == len(case.stage_of_pair)
+    assert len(case.log_ratios) == len(case.base_first) == len(case.launch_of_pair) == len(case.stage_of_pair)
+    assert len(case.launch_ratios) == case.launches == sum(s.launches for s in case.stages)
     for label in ("base", "new"):
         side_doc = ResultsDoc.model_validate(json.loads((out / label / "results.json").read_text(encoding="utf-8")))
         assert side_doc.cases[0].status == "ok"
@@ -342,7 +368,7 @@ def test_aa_saves_a_calibration_that_compare_reads(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     calibration = json.loads(saved.read_text(encoding="utf-8"))
     assert calibration["kind"] == "calibration" and calibration["cases"][0]["id"] == "user"
-    assert calibration["cases"][0]["pairs"] > 0
+    assert calibration["cases"][0]["pairs"] > 0 and calibration["cases"][0]["launches"] >= 3
     compared = bench("compare", out / "base", out / "new", "--calibration", saved, cwd=tmp_path)
     assert compared.returncode in (0, 1), compared.stderr
     assert "unpaired" in compared.stdout

@@ -278,13 +278,14 @@ def test_the_ab_page_leads_with_its_verdicts_and_draws_each_cases_pairs(open_rep
     rng = random.Random(1)
     ids = [c["id"] for c in doc["cases"]]
     ratios = [rng.gauss(-0.08, 0.05) for _ in range(60)]
-    stage = {"pairs": 30, "trimmed": 0, "answer": "regression", "ratio": 0.92, "low": 0.9, "high": 0.94, "p": 1e-6,
+    stage = {"launches": 3, "pairs": 30, "answer": "regression", "ratio": 0.92, "low": 0.9, "high": 0.94, "p": 1e-6,
              "sd": 0.05, "stop_reason": "answer", "measured_s": 6.0}
     case = {"id": ids[0], "params": doc["cases"][0]["params"], "verdict": "regression", "ratio": 0.92, "low": 0.9,
-            "high": 0.94, "confidence": 0.99, "p": 1e-9, "p_adjusted": 2e-9, "pairs": 60,
+            "high": 0.94, "confidence": 0.99, "p": 1e-9, "p_adjusted": 2e-9, "pairs": 60, "launches": 6,
             "message": f"regression {EVIL}", "stages": [{**stage, "kind": "initial"}, {**stage, "kind": "confirmation"}],
             "log_ratios": ratios, "base_first": [i % 2 == 0 for i in range(60)],
-            "stage_of_pair": [0] * 30 + [1] * 30, "counted": [i > 1 for i in range(60)],
+            "stage_of_pair": [0] * 30 + [1] * 30, "launch_of_pair": [i // 10 for i in range(60)],
+            "launch_ratios": [sum(ratios[k * 10:(k + 1) * 10]) / 10 for k in range(6)],
             "pair_start_s": [0.2 * i for i in range(60)]}
     other = {"id": ids[1], "params": doc["cases"][1]["params"], "verdict": "skipped", "message": "skipped: ddp",
              "error": "ddp"}
@@ -292,8 +293,9 @@ def test_the_ab_page_leads_with_its_verdicts_and_draws_each_cases_pairs(open_rep
     ab_doc = ABDoc.model_validate({
         "kind": "ab", "suite": doc["suite"], "run": doc["run"], "environment": doc["environment"],
         "base": {**side, "label": "base"}, "new": {**side, "label": "new"},
-        "settings": {"threshold": 0.03, "confidence": 0.99, "min_pairs": 20, "check_every": 10, "max_pairs": 400,
-                     "max_time": 40.0, "half_windows": 2, "confirm": True, "order_seed": 3},
+        "settings": {"threshold": 0.03, "confidence": 0.99, "pairs_per_launch": 10, "min_launches": 8,
+                     "check_every": 2, "max_launches": 24, "max_time": 75.0, "half_windows": 2, "confirm": True,
+                     "order_seed": 3},
         "cases": [case, other]})
     page_path = tmp_path / "ab.html"
     page_path.write_text(ab_report.html(ab_doc, tmp_path), encoding="utf-8")
@@ -301,9 +303,9 @@ def test_the_ab_page_leads_with_its_verdicts_and_draws_each_cases_pairs(open_rep
     page = opened.page
     assert opened.views()[0] == "ab"
     verdicts = page.locator("#view-ab table").first
-    assert "regression" in verdicts.inner_text() and "confirmed: 30 fresh pairs said regression" in verdicts.inner_text()
+    assert "regression" in verdicts.inner_text() and "confirmed: 3 fresh launches said regression" in verdicts.inner_text()
     assert EVIL in verdicts.inner_text()  # shown as text, never run
-    # 58 counted pairs in two colours and 2 trimmed as warm-up, all drawn.
-    assert page.locator("#view-ab .js-plotly-plot g.trace.scatter .point").count() == 60
+    # Six launches in two colours and their 60 pairs, all drawn.
+    assert page.locator("#view-ab .js-plotly-plot g.trace.scatter .point").count() == 66
     assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
     page.locator("#view-ab").screenshot(path=str(tmp_path / "view-ab.png"))

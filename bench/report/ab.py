@@ -31,18 +31,18 @@ def _confirmation(case: ABCaseRecord) -> str:
     second = case.stages[1]
     said = second.answer or "undecided"
     agreed = "confirmed" if second.answer == case.stages[0].answer else "not confirmed"
-    return f"{agreed}: {second.pairs} fresh pairs said {said}"
+    return f"{agreed}: {second.launches} fresh launches said {said}"
 
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def sparkline(case: ABCaseRecord, width: int = 16) -> str:
-    """The per-pair changes in time order, as medians of ``width`` consecutive blocks, drawn from
+    """The launches' changes in time order, as medians of at most ``width`` consecutive blocks, drawn from
     the most negative (▁) to the most positive (█) within ±max: a drift or a burst shows as a shape."""
     import statistics
 
-    values = [v for v, c in zip(case.log_ratios, case.counted, strict=False) if c]
+    values = list(case.launch_ratios)
     if len(values) < 2:
         return ""
     size = max(1, math.ceil(len(values) / width))
@@ -76,49 +76,56 @@ def markdown(doc: ABDoc) -> str:
         f"pairs interleaved in one job; order seed {s.order_seed})", "",
         f"- base: {_side(doc, 'base')}",
         f"- new: {_side(doc, 'new')}", "",
-        "| | case | verdict | change new/base | pairs | confirmation | pairs over time |",
+        "| | case | verdict | change new/base | launches | confirmation | launches over time |",
         "|---|---|---|---|---:|---|---|",
     ]
     for c in doc.cases:
-        lines.append(f"| {MARK.get(c.verdict, '')} | `{c.id}` | {c.verdict} | {_change(c)} | {c.pairs} | "
+        lines.append(f"| {MARK.get(c.verdict, '')} | `{c.id}` | {c.verdict} | {_change(c)} | {c.launches} | "
                      f"{_confirmation(c)} | {sparkline(c)} |")
     lines += ["", "<details><summary>What each verdict rests on</summary>", ""]
     lines += [f"- `{c.id}`: {c.message}" for c in doc.cases]
-    lines += ["", "Change: throughput of new over base (negative: slower), Hodges-Lehmann over pairs, with its "
-              f"{s.confidence:.0%} Wilcoxon signed-rank interval. Each pair measured both sides back to back in "
-              "a balanced random order, so the machine's drift cancels within it. A flagged case is measured "
-              "again with fresh pairs before it counts. Pairs over time: the per-pair changes in time order "
-              "(medians of blocks, lowest ▁ to highest █).", "", "</details>", ""]
+    lines += ["", "Change: throughput of new over base (negative: slower), Hodges-Lehmann over launches, with "
+              f"its {s.confidence:.0%} Wilcoxon signed-rank interval. A launch starts both sides afresh and "
+              f"takes {s.pairs_per_launch} pairs from them, each pair measuring both sides back to back in a "
+              "balanced random order, so the machine's drift cancels within it; a launch's change is the median "
+              "of its pairs'. A flagged case is measured again with fresh launches before it counts. Launches "
+              "over time: their changes in time order (lowest ▁ to highest █).", "", "</details>", ""]
     return "\n".join(lines)
 
 
 def _figure(case: ABCaseRecord, threshold: float) -> dict[str, Any]:
-    changes = [math.expm1(v) * 100 for v in case.log_ratios]
+    stages = [case.stage_of_pair[case.launch_of_pair.index(k)] if k in case.launch_of_pair else 0
+              for k in range(len(case.launch_ratios))]
     data: list[dict[str, Any]] = []
     for stage in (0, 1):
-        idx = [i for i, (k, c) in enumerate(zip(case.stage_of_pair, case.counted, strict=True)) if k == stage and c]
-        data.append({"x": idx, "y": rnd_all((changes[i] for i in idx), 3)})
-    dropped = [i for i, c in enumerate(case.counted) if not c]
-    data.append({"x": dropped, "y": rnd_all((changes[i] for i in dropped), 3)})
+        idx = [k for k, st in enumerate(stages) if st == stage]
+        data.append({"x": idx, "y": rnd_all((math.expm1(case.launch_ratios[k]) * 100 for k in idx), 3)})
+    # Each pair at its launch, spread a little across it, so the spread inside a launch shows.
+    per = max(1, max((case.launch_of_pair.count(k) for k in set(case.launch_of_pair)), default=1))
+    seen: dict[int, int] = {}
+    xs = []
+    for k in case.launch_of_pair:
+        xs.append(round(k - 0.3 + 0.6 * seen.get(k, 0) / max(1, per - 1), 3))
+        seen[k] = seen.get(k, 0) + 1
+    data.append({"x": xs, "y": rnd_all((math.expm1(v) * 100 for v in case.log_ratios), 3)})
     shapes: list[dict[str, Any]] = []
     if case.low is not None and case.high is not None and case.ratio is not None:
         shapes += [{"y0": (case.low - 1) * 100, "y1": (case.high - 1) * 100},
                    {"y0": (case.ratio - 1) * 100, "y1": (case.ratio - 1) * 100}]
     else:
         shapes += [{"visible": False}, {"visible": False}]
-    t = math.expm1(math.log1p(threshold)) * 100
-    shapes += [{"y0": t, "y1": t}, {"y0": -100 * threshold / (1 + threshold), "y1": -100 * threshold / (1 + threshold)}]
+    shapes += [{"y0": 100 * threshold, "y1": 100 * threshold},
+               {"y0": -100 * threshold / (1 + threshold), "y1": -100 * threshold / (1 + threshold)}]
     return {"data": data, "layout": {"title": {"text": esc(f"{case.id}: {case.verdict}")}, "shapes": shapes}}
 
 
 TRACES: list[dict[str, Any]] = [
-    {"type": "scatter", "mode": "markers", "name": "pair (first set)", "marker": {"size": 5, "color": STAGE_COLOURS[0]},
-     "hovertemplate": "pair %{x}: %{y:+.1f}%<extra></extra>"},
-    {"type": "scatter", "mode": "markers", "name": "pair (confirmation)",
-     "marker": {"size": 5, "color": STAGE_COLOURS[1]}, "hovertemplate": "pair %{x}: %{y:+.1f}%<extra></extra>"},
-    {"type": "scatter", "mode": "markers", "name": "warm-up (not counted)",
-     "marker": {"size": 6, "symbol": "x-thin", "line": {"width": 1.5, "color": "#999999"}},
-     "hovertemplate": "pair %{x}: %{y:+.1f}% (warm-up)<extra></extra>"},
+    {"type": "scatter", "mode": "markers", "name": "launch (first set): median of its pairs",
+     "marker": {"size": 10, "color": STAGE_COLOURS[0]}, "hovertemplate": "launch %{x}: %{y:+.1f}%<extra></extra>"},
+    {"type": "scatter", "mode": "markers", "name": "launch (confirmation)",
+     "marker": {"size": 10, "color": STAGE_COLOURS[1]}, "hovertemplate": "launch %{x}: %{y:+.1f}%<extra></extra>"},
+    {"type": "scatter", "mode": "markers", "name": "pair", "marker": {"size": 4, "color": "#999999"}, "opacity": 0.6,
+     "hovertemplate": "pair: %{y:+.1f}%<extra></extra>"},
 ]
 SHAPES: list[dict[str, Any]] = [
     {"type": "rect", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "fillcolor": "#0072B2", "opacity": 0.15,
@@ -132,11 +139,11 @@ SHAPES: list[dict[str, Any]] = [
 def build(doc: ABDoc, ctx: Context) -> View:
     s = doc.settings
     cols = [Column("case"), Column("verdict"), Column("change new/base", True, f"{s.confidence:.0%} interval"),
-            Column("pairs", True), Column("confirmation"), Column("adjusted p", True, "Benjamini-Hochberg"),
+            Column("launches", True), Column("confirmation"), Column("adjusted p", True, "Benjamini-Hochberg"),
             Column("what it rests on")]
     cls = {"regression": "bad", "improvement": "good", "inconclusive": "warn", "failed": "bad"}
     rows = [[Cell(c.id), Cell(c.verdict, cls=cls.get(c.verdict, "")),
-             Cell(_change(c), sort=c.ratio), Cell(str(c.pairs), sort=c.pairs), Cell(_confirmation(c)),
+             Cell(_change(c), sort=c.ratio), Cell(str(c.launches), sort=c.launches), Cell(_confirmation(c)),
              Cell("-" if c.p_adjusted is None else f"{c.p_adjusted:.2g}", sort=c.p_adjusted), Cell(c.message)]
             for c in doc.cases]
     blocks: list[Any] = [
@@ -145,16 +152,19 @@ def build(doc: ABDoc, ctx: Context) -> View:
     measured = [c for c in doc.cases if c.log_ratios]
     if measured:
         spec = {"layout": {"template": THEME, "height": HEIGHT, "showlegend": True, "hovermode": "closest",
-                           "xaxis": {"title": {"text": "pair (time order)"}, "zeroline": False},
+                           "xaxis": {"title": {"text": "launch (time order)"}, "zeroline": False},
                            "yaxis": {"title": {"text": "change new/base (%)"}, "zeroline": True}},
                 "traces": TRACES, "shapes": SHAPES, "figures": [_figure(c, s.threshold) for c in measured]}
         blocks.append(Switcher(ctx.new_id("ab-switch"), "case", [c.id for c in measured], data_json(spec), HEIGHT,
-                               caption=("Dots: each pair's change (new over base), in the order the pairs ran; blue "
-                                        "the first set, orange the fresh set that confirms a flagged case; shaded: "
-                                        f"the {s.confidence:.0%} interval of the change; dotted: the threshold "
-                                        f"±{s.threshold:.1%}.")))
-    return View("ab", "A/B", "Both sides of every case were measured in pairs, back to back, so that the machine's "
-                "drift cancels within each pair; the verdict rests on the pairs, never on one side's level.", blocks)
+                               caption=("Large dots: each launch's change (new over base, the median of its pairs), "
+                                        "in time order; blue the first set, orange the fresh set that confirms a "
+                                        "flagged case; small grey dots: the pairs of each launch; shaded: the "
+                                        f"{s.confidence:.0%} interval of the change over launches; dotted: the "
+                                        f"threshold ±{s.threshold:.1%}.")))
+    return View("ab", "A/B", "Both sides of every case were started afresh in each launch and measured in pairs, "
+                "back to back, so that the machine's drift cancels within each pair; the verdict rests on the "
+                "launches (a process's own speed varies from one start to the next), never on one side's level.",
+                blocks)
 
 
 def html(doc: ABDoc, out_dir: Path) -> str:
