@@ -1,22 +1,33 @@
 """``bench ab``: two versions of a user's code, measured in alternation, case by case, with three
 answers (``bench.pairs``).
 
-For each case, one process per side builds the model and warms up (``bench.side_worker``); then
-the coordinator asks them in turn for a short measurement (a *half*: a few windows of about 50 ms),
-base then new or new then base, balanced and seeded (``pairs.pair_orders``), so that each pair sees
-one state of a machine whose speed drifts by 10-30% over minutes. Only one side runs at a time; the
-other waits on its connection and takes no CPU.
+A case is measured in *launches*. A launch starts one process per side (forked from the case
+server, which has imported torch already, or a fresh interpreter for ``--base-python``/
+``--new-python``; ``bench.side_worker``), each builds the model and warms up, and the coordinator
+then asks them in turn for short measurements (a *half*: a few windows of about 50 ms): base then
+new or new then base, balanced and seeded (``pairs.pair_orders``). Such a *pair* sees one state of a
+machine whose speed drifts by 10-30% over minutes; only one side runs at a time. After
+``pairs_per_launch`` pairs both processes end.
 
-A case takes pairs until they give an answer (``pairs.answer``: checked after ``min_pairs`` and then
-every ``check_every`` pairs) or its budget (``max_pairs`` pairs or ``max_time`` measured seconds)
-runs out. A case flagged as a regression or an improvement is measured again with a fresh set of
-pairs, which must give the same answer: one burst of noise cannot fail a build. Across cases the
-p-values are adjusted (Benjamini-Hochberg), so that a suite of many cases does not flag one by
-chance.
+Why launches, not one long-lived process per side: on this project's 2-core VM, two processes of
+identical code differed by 5-23% in speed, a different amount at each start and stable for the
+life of the process (`bench aa` with one process per side flagged "regressions" and
+"improvements" of 12-18% and confirmed them with fresh pairs from the same processes). Holding both
+processes' threads on one CPU removed it, so it is where the scheduler puts a process, which the
+harness cannot choose for the user. Pairs of one launch share it, so they are not independent
+samples of the code's effect: a launch's change is the median of its pairs' log ratios, and the
+inference is over launches (Hodges-Lehmann with its Wilcoxon interval), so a process's luck widens
+the interval instead of becoming a verdict.
 
-Each side's trials (the halves, as trials of a run) are written as that side's ``results.json``,
-after every case, so an interrupted run keeps what it measured; ``ab.json`` holds the pairs and
-verdicts, ``ab.md`` and ``ab.html`` the report.
+A case takes launches until they answer (``pairs.answer``: looked at after ``min_launches`` and
+then every ``check_every``) or its budget (``max_launches`` or ``max_time`` seconds) runs out. A case
+flagged as a regression or an improvement is measured again with fresh launches, which must give
+the same answer: one burst of noise cannot fail a build. Across cases the p-values are adjusted
+(Benjamini-Hochberg).
+
+Each side's halves are written as that side's ``results.json`` (each half a trial), after every
+case, so an interrupted run keeps what it measured; ``ab.json`` holds the pairs, the launches and
+the verdicts, ``ab.md`` and ``ab.html`` the report.
 """
 
 from __future__ import annotations
@@ -456,23 +467,25 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
     payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
 
     def launch() -> dict[str, Worker]:
-        """Both sides' processes, started together, each built and warmed up."""
+        """Both sides' processes, each started, built and warmed up in turn."""
         workers: dict[str, Worker] = {}
+        # Which side starts first alternates from launch to launch: whatever the second start
+        # inherits from the first (a busier machine while it warms up, other pages) is then not
+        # always the new side's.
+        both = (base, new) if run is None or len(run.launch_ratios) % 2 == 0 else (new, base)
         try:
-            connects = {s.label: fork_side(launcher, s, case, states[s.label].log_path) if forkable(s)
-                        else start_side(s, case, out_dir / "scratch" / case.id, states[s.label].log_path)
-                        for s in (base, new)}
-            for label, connect in connects.items():
-                workers[label] = connect()
-            for label, worker in workers.items():
-                side = base if label == "base" else new
-                if forkable(side):
-                    continue  # a fork has its payload already
-                hello = worker.request(None, timeout=case.params.timeout)
-                if hello.get("status") != "probe":
-                    raise _SideFailed(label, hello)
-                worker.conn.send(payload)
-            for label, worker in workers.items():
+            # One after the other: two torch processes warming up at once on the same cores spin
+            # against each other's OpenMP threads (10 warm-up steps of a 30 ms step took 20 s).
+            for side in both:
+                label = side.label
+                connect = (fork_side(launcher, side, case, states[label].log_path) if forkable(side)
+                           else start_side(side, case, out_dir / "scratch" / case.id, states[label].log_path))
+                workers[label] = worker = connect()
+                if not forkable(side):  # a fork has its payload already
+                    hello = worker.request(None, timeout=case.params.timeout)
+                    if hello.get("status") != "probe":
+                        raise _SideFailed(label, hello)
+                    worker.conn.send(payload)
                 ready = worker.request(None, timeout=case.params.timeout)
                 if ready.get("status") != "ready":
                     raise _SideFailed(label, ready)

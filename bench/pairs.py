@@ -1,30 +1,32 @@
-"""Statistics of A/B pairs (``bench ab``): pure functions, no torch, clock or I/O.
+"""Statistics of A/B comparisons (``bench ab``): pure functions, no torch, clock or I/O.
 
 A *pair* is one short measurement of the base side and one of the new side, back to back, in a
 random order balanced over every two pairs. Both halves of a pair see nearly the same machine
 state, so the pair's log ratio log(new/base) carries the code's effect and little of the drift that
-moves the machine's speed by 10-30% over minutes. The pair is the unit of inference: never the
-windows inside a half, which share their half's state.
+moves the machine's speed by 10-30% over minutes. Pairs taken from the same two processes share
+those processes' own speed (``bench.ab`` says why it differs between starts), so the unit of
+inference is the *launch*: one start of both sides, whose log ratio is the median of its pairs'.
+Never the windows inside a half, nor the pairs of one launch, as if independent.
 
-Assumptions, and what an interval therefore covers: the per-pair log ratios are independent given
-the machine's path (each pair's order is random, its noise its own) and symmetric about the effect
-(the drift between the two halves of a pair is as likely to favour either side, because the order
-is balanced). The Hodges-Lehmann estimate with its Wilcoxon signed-rank interval then covers the
-effect itself, as a ratio of throughputs, whatever the machine did, at the stated confidence
-(99% by default, as Pinpoint's p <= 0.01).
+Assumptions, and what an interval therefore covers: the launches' log ratios are independent (each
+launch starts fresh processes, its pairs' order is random) and symmetric about the effect (the
+order is balanced, and which side a process's luck favours is random). The Hodges-Lehmann estimate
+with its Wilcoxon signed-rank interval then covers the effect itself, as a ratio of throughputs, at
+the stated confidence (99% by default, as Pinpoint's p <= 0.01); with fewer than 8 launches no
+exact 99% interval exists and a t-interval on the logs stands in (``trials.effect_from_logs``).
 
 Three answers, as Pinpoint: with ``threshold`` t,
 
 - ``unchanged``: the interval lies inside (1/(1+t), 1+t): any change is smaller than t;
 - ``regression`` (``improvement``): the interval lies below 1/(1+t) (above 1+t): the change is
   significant and larger than t;
-- otherwise undecided: more pairs, up to a budget; then ``inconclusive``, with the smallest change
-  these pairs could have flagged and about how many pairs would settle it.
+- otherwise undecided: more launches, up to a budget; then ``inconclusive``, with the smallest
+  change these launches could have flagged and about how many would settle it.
 
-Looking at the data after every few pairs and stopping at the first answer (a sequential design)
-makes a wrong answer likelier than one look would. It stays rare because a wrong ``regression``
-needs the whole 99% interval beyond the threshold, and ``bench ab`` then confirms every flagged case
-with a fresh set of pairs; the false-alarm rate is measured, not derived
+Looking at the data after every few launches and stopping at the first answer (a sequential
+design) makes a wrong answer likelier than one look would. It stays rare because a wrong
+``regression`` needs the whole 99% interval beyond the threshold, and ``bench ab`` then confirms every
+flagged case with fresh launches; the false-alarm rate is measured, not derived
 (``benchmarks/detection.py``).
 """
 
@@ -54,15 +56,6 @@ def pair_orders(pairs: int, seed: int) -> list[bool]:
         first = rng.random() < 0.5
         out.extend((first, not first))
     return out[:pairs]
-
-
-def warmup_pairs(base: Sequence[float], new: Sequence[float]) -> int:
-    """Leading pairs to drop: the longer of the two sides' warm-ups, each found in its series of
-    half throughputs by ``trials.detect_drift``, which judges leading values against a later level
-    (at most a quarter of the series)."""
-    if len(base) < 6 or len(base) != len(new):
-        return 0
-    return max(trials.detect_drift(base).warmup, trials.detect_drift(new).warmup)
 
 
 @dataclass(frozen=True)
@@ -132,7 +125,7 @@ def detectable(stats: PairStats, threshold: float = THRESHOLD) -> float:
 
 
 def pairs_needed(stats: PairStats, threshold: float = THRESHOLD) -> int | None:
-    """About how many pairs in all would give an answer if the estimate stayed where it is: the
+    """About how many units (launches) in all would give an answer if the estimate stayed where it is: the
     interval's half-width shrinks as 1/sqrt(n), and an answer needs it narrower than the distance
     from the estimate to the threshold. None when the estimate sits on the threshold."""
     gap = abs(abs(math.log(stats.ratio)) - math.log1p(threshold))
