@@ -79,6 +79,7 @@ ESTIMATOR = "median of halves; 95% order-statistic interval over halves (bench a
 DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE, "pairs_per_launch": 10,
                     "min_launches": 8, "check_every": 2, "max_launches": 24, "max_time": 90.0, "half_windows": 2,
                     "confirm": True}
+REWARM_STEPS = 1
 # Modes whose case is one process; ddp cases are torchrun jobs, which `bench ab` does not pair yet.
 SINGLE_PROCESS = ("cpu", "cuda", "dp")
 
@@ -228,9 +229,11 @@ class _CaseRun:
     stages: list[StageRecord] = field(default_factory=list)
     stats: list[pairs.PairStats | None] = field(default_factory=list)
 
-    def half(self, worker: Worker, label: str, index: int, position: int) -> tuple[float, float]:
-        """One side's half of pair ``index``: (throughput, start)."""
-        request = {"op": "trial", "seconds": 0.0, "windows": self.settings.half_windows, "collect": False}
+    def half(self, worker: Worker, label: str, index: int, position: int, steps: int) -> tuple[float, float]:
+        """One side's half of pair ``index``: (throughput, start). Both sides time windows of the
+        same ``steps``, after one untimed step that brings their model back into the caches."""
+        request = {"op": "trial", "seconds": 0.0, "windows": self.settings.half_windows, "collect": False,
+                   "steps_per_window": steps, "rewarm": REWARM_STEPS}
         answer = worker.request(request, timeout=self.case.params.timeout)
         if answer.get("status") != "ok":
             raise _SideFailed(label, answer)
@@ -241,6 +244,8 @@ class _CaseRun:
     def one_launch(self, stage_index: int) -> None:
         """Fresh processes of both sides, ``pairs_per_launch`` pairs from them, then they end."""
         workers = self.launch()
+        # The longer of the two calibrations, so that a window lasts at least window_time on both.
+        steps = max(int(self.states[label].last_ready.get("steps_per_window") or 1) for label in workers)
         logs: list[float] = []
         try:
             for _ in range(self.settings.pairs_per_launch):
@@ -250,7 +255,7 @@ class _CaseRun:
                 got: dict[str, float] = {}
                 start = 0.0
                 for position, label in enumerate(order):
-                    got[label], at = self.half(workers[label], label, index, position)
+                    got[label], at = self.half(workers[label], label, index, position, steps)
                     start = at if position == 0 else start
                 logs.append(math.log(got["new"] / got["base"]))
                 self.log_ratios.append(logs[-1])
@@ -490,6 +495,7 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
                 if ready.get("status") != "ready":
                     raise _SideFailed(label, ready)
                 states[label].ready = states[label].ready or ready
+                states[label].last_ready = ready
         except BaseException:
             for worker in workers.values():
                 worker.stop()

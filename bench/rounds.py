@@ -95,6 +95,7 @@ class CaseState:
     t0: float = 0.0
     workers: list[Worker] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
+    last_ready: dict[str, Any] = field(default_factory=dict)  # bench ab: the latest launch's
     trials: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     status: str = "ok"

@@ -98,14 +98,23 @@ class CaseSession:
                 "warmup_s": cal.warmup_seconds, "steps_per_window": cal.steps_per_window,
                 "batch_per_process": self.batch, "warnings": list(self.warnings), **compiled}
 
-    def trial(self, seconds: float, collect: bool, windows: int | None = None) -> dict[str, Any]:
+    def trial(self, seconds: float, collect: bool, windows: int | None = None, steps_per_window: int | None = None,
+              rewarm: int = 0) -> dict[str, Any]:
         """Windows of steps for ``seconds`` (and at least ``windows`` of them: ``measure.min_windows``
         unless given; ``bench ab`` asks for exactly a few); with ``collect``, the collectors watch
         this trial (memory and GPU samplers, the window times FLOPs are divided by). On a GPU that
-        trial lasts at least ten NVML sampling intervals, so the telemetry has samples to summarise."""
+        trial lasts at least ten NVML sampling intervals, so the telemetry has samples to summarise.
+
+        ``bench ab`` gives both sides the same ``steps_per_window`` (a half of fewer steps would pay
+        more of a cold start per step) and ``rewarm`` untimed steps first: the other side's half
+        has just evicted this model from the caches, which a process that trains on never sees."""
         if collect and self.cuda:
             seconds = max(seconds, 10 * self.params.nvml_interval)
-        measure = lambda: run_trial(self.step, self.steps_per_window, self.samples_per_step, seconds,  # noqa: E731
+        for _ in range(rewarm):
+            self.step()
+        self.sync()
+        per_window = steps_per_window or self.steps_per_window
+        measure = lambda: run_trial(self.step, per_window, self.samples_per_step, seconds,  # noqa: E731
                                     self.sync, step_times=not self.cuda, agree=self.agree,
                                     min_windows=self.params.measure.min_windows if windows is None else windows)
         if collect:
@@ -158,9 +167,10 @@ def serve(session_factory: Callable[[], CaseSession], receive: Callable[[], dict
         request = receive()
         try:
             if request["op"] == "trial":
-                windows = request.get("windows")
+                windows, steps = request.get("windows"), request.get("steps_per_window")
                 send(session.trial(float(request["seconds"]), bool(request.get("collect")),
-                                   None if windows is None else int(windows)))
+                                   None if windows is None else int(windows), None if steps is None else int(steps),
+                                   int(request.get("rewarm") or 0)))
             else:
                 send(session.finish())
                 return

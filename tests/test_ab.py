@@ -122,6 +122,7 @@ class ScriptedSide:
 
     def request(self, message: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         assert message is not None and message["op"] == "trial" and message["windows"] == 2
+        assert message["steps_per_window"] >= 1 and message["rewarm"] == ab.REWARM_STEPS
         value = self.throughput(self.counter[0]) * self.factor
         self.counter[0] += 1
         self.clock += 0.1
