@@ -98,7 +98,16 @@ def analyse(log_ratios: Sequence[float], confidence: float = CONFIDENCE, unit: s
     if effect is None:
         return None
     x = np.asarray(log_ratios, dtype=float)
-    p = 1.0 if not np.any(x) else float(wilcoxon(x, zero_method="zsplit").pvalue)
+    if not np.any(x):
+        p = 1.0
+    elif "t-interval" in effect.method:
+        # Too few units for the signed-rank test to reach the confidence at all (with 6, its
+        # smallest two-sided p is 1/32): the test that matches the interval, a t-test on the logs.
+        from scipy.stats import ttest_1samp
+
+        p = float(ttest_1samp(x, 0.0).pvalue) if np.std(x) > 0 else 0.0
+    else:
+        p = float(wilcoxon(x, zero_method="zsplit").pvalue)
     return PairStats(len(x), effect.point, effect.low, effect.high, confidence, p,
                      float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, effect.method.replace("per-round", "per-unit"),
                      unit)

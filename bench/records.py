@@ -509,7 +509,17 @@ def finite(value: Any) -> Any:
 
 def dump(record: BaseModel) -> dict[str, Any]:
     """A record as JSON-ready data, non-finite numbers as null."""
-    data: dict[str, Any] = finite(record.model_dump(mode="json", exclude_none=False))
+    from pydantic_core import PydanticSerializationError
+
+    try:
+        data: dict[str, Any] = finite(record.model_dump(mode="json", exclude_none=False))
+    except PydanticSerializationError as exc:
+        # Ctrl-C (or SIGTERM, which the CLI turns into it) landing inside a custom serializer
+        # reaches us wrapped in pydantic's error: unwrapped, the run stops and saves as it should,
+        # instead of crashing with exit 1.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
     return data
 
 

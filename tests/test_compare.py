@@ -310,7 +310,8 @@ def _calibration(floor: float) -> Any:
 
     return CalibrationDoc(created="2026-12-01T00:00:00+00:00", suite="t", environment=Environment.model_validate(ENV),
                           false_alarms=0, noise_floor=floor,
-                          cases=[CalibrationCase(id="a", verdict="unchanged", pairs=100, pair_sd=0.05, drift=floor)])
+                          cases=[CalibrationCase(id="a", verdict="unchanged", pairs=100, launches=10, launch_sd=0.05,
+                                                 drift=floor)])
 
 
 def test_a_change_within_the_runs_own_spread_is_inconclusive_not_a_regression() -> None:
