@@ -381,9 +381,11 @@ def test_pyspy_that_took_no_samples_says_to_sample_longer(tmp_path: Path, monkey
     # What py-spy 0.4 prints when the window was too short for one sample: the flame graph writer
     # fails and the last line of its backtrace is "8: main", which helps nobody.
     fake = tmp_path / "py-spy"
-    fake.write_text("#!/bin/sh\necho 'py-spy> Sampling process 100 times a second.'\n"
+    # The trap comes first: on a loaded machine the interrupt can arrive before a later line runs.
+    fake.write_text("#!/bin/sh\n"
                     "trap 'echo \"Error: Failed to write flamegraph: No stack counts found\"; "
                     "echo \"Stack backtrace:\"; echo \"   8: main\"; exit 1' INT\n"
+                    "echo 'py-spy> Sampling process 100 times a second.'\n"
                     "while :; do sleep 0.01; done\n")
     fake.chmod(0o755)
     monkeypatch.setattr(pyspy_mod, "find_pyspy", lambda: str(fake))
