@@ -24,16 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-MODEL = '''
-import torch.nn as nn
-
-
-def model(width: int = 256, num_classes: int = 10) -> nn.Module:
-    layers = [nn.Flatten(), nn.Linear(width, width)]
-    for _ in range({blocks}):
-        layers += [nn.Linear(width, width), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(width, num_classes))
-'''
+# The same user model as the detection script's: a stack of 256-wide linear blocks.
+from detection import MODEL  # benchmarks/ is this script's folder, first on its import path
 
 SUITE = """
 name: history-drift
