@@ -42,7 +42,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Client
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -182,16 +181,12 @@ def start_side(side: Side, case: Case, scratch: Path, log_path: Path) -> Callabl
                                              + (f": {tail}" if tail else "")}
 
     def connect() -> Worker:
-        deadline = time.monotonic() + case.params.timeout
-        while not address.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                answer = death() if proc.poll() is not None else {
-                    "status": "failed", "error": f"timed out after {case.params.timeout:g} s starting"}
-                stop()
-                raise _SideFailed(side.label, answer)
-            time.sleep(0.02)
-        host, port = json.loads(address.read_text(encoding="utf-8"))
-        conn = Client((host, port), authkey=bytes.fromhex(key))
+        from bench.rounds import StartFailed, connect_when_listening
+
+        try:
+            conn = connect_when_listening(proc, address, key, case.params.timeout, death, stop, "its process")
+        except StartFailed as exc:
+            raise _SideFailed(side.label, exc.answer) from None
         return Worker(conn, lambda: proc.poll() is None, stop, death)
 
     return connect
@@ -320,7 +315,7 @@ def _verdict(run: _CaseRun) -> dict[str, Any]:
     if initial.answer is None or first is None:
         if first is None:
             return {"verdict": "inconclusive", "message": "inconclusive: too few pairs for an interval"}
-        needed = pairs.pairs_needed(first, s.threshold)
+        needed = pairs.units_needed(first, s.threshold)
         more = f"; about {needed} launches would settle it" if needed else ""
         found = _fields(first, "inconclusive", (
             f"inconclusive: {first.describe()} is neither within {limit} nor beyond it; these launches could "

@@ -133,7 +133,7 @@ def detectable(stats: PairStats, threshold: float = THRESHOLD) -> float:
     return math.expm1(math.log1p(threshold) + stats.half_width)
 
 
-def pairs_needed(stats: PairStats, threshold: float = THRESHOLD) -> int | None:
+def units_needed(stats: PairStats, threshold: float = THRESHOLD) -> int | None:
     """About how many units (launches) in all would give an answer if the estimate stayed where it is: the
     interval's half-width shrinks as 1/sqrt(n), and an answer needs it narrower than the distance
     from the estimate to the threshold. None when the estimate sits on the threshold."""

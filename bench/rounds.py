@@ -193,20 +193,28 @@ def start_torchrun(case: Case, cluster: Cluster, scratch: Path, log_path: Path, 
 
     # The writing rank listens on a local port once its process group is up, and says where in a
     # file; wait for it (or for the job to die) within the case's timeout.
-    deadline = time.monotonic() + case.params.timeout
-    while not address_path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            answer = death() if proc.poll() is not None else {
-                "status": "failed", "error": f"timed out after {case.params.timeout:g} s starting the ranks"}
-            stop()
-            raise _StartFailed(answer)
-        time.sleep(0.05)
-    host, port = json.loads(address_path.read_text(encoding="utf-8"))
-    conn = Client((host, port), authkey=bytes.fromhex(key))
+    conn = connect_when_listening(proc, address_path, key, case.params.timeout, death, stop, "the ranks")
     return Worker(conn, lambda: proc.poll() is None, stop, death)
 
 
-class _StartFailed(Exception):
+def connect_when_listening(proc: subprocess.Popen[bytes], address_path: Path, key: str, timeout: float,
+                           death: Callable[[], dict[str, Any]], stop: Callable[[], None], what: str) -> Connection:
+    """Connect to a process that listens on a local port and writes the address to
+    ``address_path`` once it is ready (a DDP job's writing rank, a ``bench ab`` side); if it dies
+    or ``timeout`` passes first, stop it and raise ``StartFailed`` with the reason."""
+    deadline = time.monotonic() + timeout
+    while not address_path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            answer = death() if proc.poll() is not None else {
+                "status": "failed", "error": f"timed out after {timeout:g} s starting {what}"}
+            stop()
+            raise StartFailed(answer)
+        time.sleep(0.02)
+    host, port = json.loads(address_path.read_text(encoding="utf-8"))
+    return Client((host, port), authkey=bytes.fromhex(key))
+
+
+class StartFailed(Exception):
     def __init__(self, answer: dict[str, Any]) -> None:
         super().__init__(answer.get("error"))
         self.answer = answer
@@ -407,7 +415,7 @@ def start_case(state: CaseState, start: Callable[[int], Worker], repeats: int) -
     for i in range(repeats):
         try:
             worker = start(i)
-        except _StartFailed as exc:
+        except StartFailed as exc:
             state.fail(exc.answer)
             break
         state.workers.append(worker)

@@ -110,9 +110,10 @@ class CaseSession:
         has just evicted this model from the caches, which a process that trains on never sees."""
         if collect and self.cuda:
             seconds = max(seconds, 10 * self.params.nvml_interval)
-        for _ in range(rewarm):
-            self.step()
-        self.sync()
+        if rewarm:
+            for _ in range(rewarm):
+                self.step()
+            self.sync()
         per_window = steps_per_window or self.steps_per_window
         measure = lambda: run_trial(self.step, per_window, self.samples_per_step, seconds,  # noqa: E731
                                     self.sync, step_times=not self.cuda, agree=self.agree,

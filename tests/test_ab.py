@@ -97,7 +97,7 @@ def test_an_undecided_interval_says_what_it_could_detect_and_how_many_pairs_woul
     assert stats is not None
     assert pairs.answer(stats) is None
     assert pairs.detectable(stats) > pairs.THRESHOLD
-    needed = pairs.pairs_needed(stats)
+    needed = pairs.units_needed(stats)
     assert needed is not None and needed > stats.n
 
 
