@@ -242,6 +242,73 @@ class MemoryRecord(CollectorRecord):
     processes: list[dict[str, Any]] | None = None
 
 
+class PhaseTimes(Record):
+    """Milliseconds per training step in each phase: means over the anatomy's extra steps (means,
+    not medians, so that the parts add up to the whole). ``other_ms`` is the rest of each step
+    (the loop between steps, hooks): ``step_ms`` is exactly the sum of the six."""
+
+    data_ms: NonNeg = Field(description="Fetching the batch (and, on CUDA, copying it to the device).")
+    forward_ms: NonNeg = Field(description="The model's forward pass.")
+    loss_ms: NonNeg = Field(description="The loss function.")
+    backward_ms: NonNeg = Field(description="Backward, with the gradient communication it waits for under DDP.")
+    optimizer_ms: NonNeg = Field(description="zero_grad and the optimizer step (and the gradient scaler's).")
+    other_ms: NonNeg = Field(description="The rest of the step.")
+    step_ms: Positive = Field(description="Start to start of consecutive anatomy steps; the sum of the phases.")
+    communication_ms: NonNeg | None = Field(
+        default=None, description="Distributed: time per step with a collective in flight (their union), "
+                                  "from a profiled window of extra steps; null for one process.")
+    exposed_communication_ms: NonNeg | None = Field(
+        default=None, description="Distributed: backward's time with gradient synchronisation minus without "
+                                  "(no_sync), on alternating steps: the communication backward did not hide.")
+
+
+class RankPhaseTimes(PhaseTimes):
+    rank: int = Field(ge=0)
+
+
+class AnatomyRecord(CollectorRecord):
+    """Where a step's time goes, measured on extra steps after the measured region (never inside
+    it), with timestamps at phase boundaries (CUDA events on a GPU)."""
+
+    phases: PhaseTimes | None = Field(default=None, description="This case's (the slowest rank's) phases.")
+    steps: int | None = Field(default=None, ge=0, description="Anatomy steps the phases are means over.")
+    timing: Literal["timestamps", "cuda_events"] | None = None
+    measured_step_ms: Positive | None = Field(
+        default=None, description="The measured region's median step time, to compare with ``phases.step_ms``.")
+    cost_s: NonNeg | None = Field(default=None, description="Wall time the anatomy added to the case.")
+    ranks: list[RankPhaseTimes] | None = Field(default=None, description="Every rank's phases (distributed).")
+    slowest_rank: int | None = Field(default=None, ge=0, description="The rank with the longest step.")
+    notes: list[str] = Field(default_factory=list, description="What the phases cannot show for this case.")
+
+
+class MemoryCategories(Record):
+    """Bytes of one process's training state by category, after a step."""
+
+    parameters_bytes: int = Field(ge=0, description="The model's parameters (this rank's shards under FSDP).")
+    gradients_bytes: int = Field(ge=0, description="Their gradients after backward.")
+    optimizer_state_bytes: int = Field(ge=0, description="Tensors the optimizer keeps (momentum, Adam's moments).")
+    activations_bytes: int | None = Field(
+        default=None, ge=0, description="Tensors saved for backward by the forward pass, parameters excluded.")
+    other_bytes: int | None = Field(
+        default=None, ge=0, description="The rest of the step's peak: temporaries, workspaces, inputs.")
+    peak_bytes: int | None = Field(default=None, ge=0, description="Peak of live tensor bytes over one step.")
+    peak_source: str | None = Field(default=None, description="What measured the peak.")
+    cuda_allocated_bytes: int | None = Field(default=None, ge=0, description="CUDA: the caching allocator's peak allocated.")
+    cuda_reserved_bytes: int | None = Field(default=None, ge=0, description="CUDA: the caching allocator's peak reserved.")
+
+
+class RankMemoryCategories(MemoryCategories):
+    rank: int = Field(ge=0)
+
+
+class MemoryBreakdownRecord(CollectorRecord):
+    """Memory by category, measured on an extra step after the measured region."""
+
+    categories: MemoryCategories | None = None
+    ranks: list[RankMemoryCategories] | None = Field(default=None, description="Every rank's (distributed).")
+    notes: list[str] = Field(default_factory=list)
+
+
 class Collectors(Record):
     """One record per collector that was asked for or always runs; others may be added (kept)."""
 
@@ -250,6 +317,8 @@ class Collectors(Record):
     pyspy: PyspyRecord | None = None
     flops: FlopsRecord | None = None
     memory: MemoryRecord | None = None
+    anatomy: AnatomyRecord | None = None
+    memory_breakdown: MemoryBreakdownRecord | None = None
 
     @model_serializer(mode="wrap")
     def _only_present(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
