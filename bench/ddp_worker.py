@@ -115,6 +115,30 @@ def _merge_collectors(record: dict[str, Any], ranks: list[dict[str, Any]]) -> No
         traces = [t for r in ranks for t in ((r["collectors"].get("torch_profiler") or {}).get("traces") or [])]
         prof["traces"] = list(dict.fromkeys(traces))
     _join_gpu_telemetry(record, ranks)
+    _join_per_rank(record, ranks)
+
+
+def _join_per_rank(record: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
+    """Every rank times its own step anatomy and counts its own memory: the record lists them all.
+    The case's phases are the slowest rank's (the one the others wait for at each all-reduce),
+    and its anatomy cost the largest any rank paid."""
+    collectors = record.get("collectors") or {}
+    anatomy = collectors.get("anatomy")
+    if isinstance(anatomy, dict) and anatomy.get("error") is None:
+        timed = [(r["rank"], r["collectors"]["anatomy"]) for r in ranks
+                 if ((r["collectors"].get("anatomy") or {}).get("phases"))]
+        if timed:
+            per_rank = [{**a["phases"], "rank": rank} for rank, a in timed]
+            slowest = max(per_rank, key=lambda p: p["step_ms"])
+            anatomy.update(ranks=per_rank, slowest_rank=slowest["rank"],
+                           phases={k: v for k, v in slowest.items() if k != "rank"},
+                           cost_s=max(a.get("cost_s") or 0.0 for _, a in timed))
+    memory = collectors.get("memory_breakdown")
+    if isinstance(memory, dict) and memory.get("error") is None:
+        counted = [{**r["collectors"]["memory_breakdown"]["categories"], "rank": r["rank"]} for r in ranks
+                   if ((r["collectors"].get("memory_breakdown") or {}).get("categories"))]
+        if counted:
+            memory["ranks"] = counted
 
 
 def _join_gpu_telemetry(record: dict[str, Any], ranks: list[dict[str, Any]]) -> None:

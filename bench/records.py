@@ -259,7 +259,8 @@ class PhaseTimes(Record):
                                   "from a profiled window of extra steps; null for one process.")
     exposed_communication_ms: NonNeg | None = Field(
         default=None, description="Distributed: backward's time with gradient synchronisation minus without "
-                                  "(no_sync), on alternating steps: the communication backward did not hide.")
+                                  "(no_sync), on alternating steps: the communication backward did not hide, waiting "
+                                  "for slower ranks included.")
 
 
 class RankPhaseTimes(PhaseTimes):

@@ -62,13 +62,69 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+Mark = Callable[[str], None]
+
+
+def _no_mark(phase: str) -> None:
+    """The timed steps' mark: nothing (a call per phase, tens of nanoseconds against milliseconds)."""
+
+
+class TrainingStep:
+    """One training step, callable: ``grad_accum`` micro-batches of ``batch_size``, each a batch
+    fetch, a forward and loss (under autocast at reduced precision) and a backward, then one
+    optimizer step. ``mark(phase)`` is called at the end of each phase ("optimizer" for
+    zero_grad, "data", "forward", "loss", "backward", then "optimizer" again): the step anatomy
+    (``bench.collectors.anatomy``) timestamps them on extra steps; the measured steps mark nothing.
+    One body serves both, so the anatomy times the very code that was measured."""
+
+    def __init__(self, params: CaseParams, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: torch.nn.Module, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                 device: torch.device) -> None:
+        from bench import training
+
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.next_batch = next_batch
+        self.autocast = training.autocast(params, device)
+        self.scaler = training.grad_scaler(params, device)
+        self.micro = params.grad_accum
+        # Gradient synchronisation on (the default) or off for every micro-batch: the anatomy
+        # compares backward with and without it to find the communication backward did not hide.
+        self.synchronise = True
+
+    def __call__(self, mark: Mark = _no_mark) -> None:
+        from bench import training
+
+        self.optimizer.zero_grad(set_to_none=True)
+        mark("optimizer")
+        for i in range(self.micro):
+            x, y = self.next_batch()
+            mark("data")
+            with training.sync_context(self.model, last=self.synchronise and i == self.micro - 1):
+                with self.autocast():
+                    out = self.model(x)
+                    mark("forward")
+                    loss = self.loss_fn(out, y)
+                    mark("loss")
+                if self.micro > 1:
+                    loss = loss / self.micro  # the mean over the step's samples, as one large batch
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                mark("backward")
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        mark("optimizer")
+
+
 def build_step(params: CaseParams, device: torch.device, batch_size: int,
                wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-               ) -> tuple[Callable[[], None], torch.nn.Module]:
-    """One training step as a closure and the model: ``grad_accum`` micro-batches of
-    ``batch_size``, each a forward and loss (under autocast at reduced precision) and a backward,
-    then one optimizer step. ``wrap`` puts the model in DataParallel, DDP or FSDP2; the model is
-    compiled last, around the wrapper, as torch.compile expects (DDP's graph splits at buckets)."""
+               ) -> tuple[TrainingStep, torch.nn.Module]:
+    """The case's training step (``TrainingStep``) and its model. ``wrap`` puts the model in
+    DataParallel, DDP or FSDP2; the model is compiled last, around the wrapper, as torch.compile
+    expects (DDP's graph splits at buckets)."""
     from bench import training
 
     training.check_precision(params, device)
@@ -86,27 +142,7 @@ def build_step(params: CaseParams, device: torch.device, batch_size: int,
     model = training.compile_model(model, params)
     loss_fn = build_loss(params.loss).to(device)
     next_batch = make_batches(params, device, batch_size, generator)
-    autocast = training.autocast(params, device)
-    scaler = training.grad_scaler(params, device)
-    micro = params.grad_accum
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        for i in range(micro):
-            x, y = next_batch()
-            with training.sync_context(model, last=i == micro - 1):
-                with autocast():
-                    loss = loss_fn(model(x), y)
-                if micro > 1:
-                    loss = loss / micro  # the mean over the step's samples, as one large batch
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-
-    return step, model
+    return TrainingStep(params, model, optimizer, loss_fn, next_batch, device), model
 
 
 def peak_rss_mb() -> float:

@@ -6,8 +6,8 @@ measurement is over (for work that must stay out of the timed windows, such as a
 or a FLOP count). ``record()`` returns a JSON-ready dict stored under ``collectors.<name>`` of the
 case. A collector that fails records its error; it never raises into the measurement.
 
-One module per collector: ``nvml`` (GPU telemetry), ``memory`` (CUDA and host peaks), ``flops``
-(FLOPs and MFU), ``torch_profiler`` and ``pyspy`` (opt-in with the case's ``profile``).
+One module per collector: ``nvml`` (GPU telemetry), ``memory`` (CUDA and host peaks), ``anatomy``
+(time per step by phase), ``flops`` (FLOPs and MFU), ``torch_profiler`` and ``pyspy`` (opt-in with the case's ``profile``).
 """
 
 from __future__ import annotations
@@ -144,16 +144,17 @@ class CollectorSet:
 
 
 def make_collectors(ctx: CaseContext) -> CollectorSet:
-    """The collectors a case asks for. Memory, NVML and FLOPs always run; the profilers when the
-    case's ``profile`` names them. Samplers are entered first and py-spy last, so each sampler's
+    """The collectors a case asks for. Memory, NVML, the step anatomy and FLOPs always run; the
+    profilers when the case's ``profile`` names them. Samplers are entered first and py-spy last, so each sampler's
     own start-up happens before the profiler starts watching."""
+    from bench.collectors.anatomy import AnatomyCollector
     from bench.collectors.flops import FlopsCollector
     from bench.collectors.memory import MemoryCollector
     from bench.collectors.nvml import NvmlCollector
     from bench.collectors.pyspy import PySpyCollector
     from bench.collectors.torch_profiler import TorchProfilerCollector
 
-    chosen: list[Collector] = [MemoryCollector(ctx), NvmlCollector(ctx), FlopsCollector(ctx)]
+    chosen: list[Collector] = [MemoryCollector(ctx), NvmlCollector(ctx), AnatomyCollector(ctx), FlopsCollector(ctx)]
     profile = ctx.params.profile
     if "torch" in profile:
         chosen.append(TorchProfilerCollector(ctx))

@@ -102,3 +102,35 @@ def two_blocks(num_classes: int = 10) -> nn.Module:
 def own_checkpointing(num_classes: int = 10, activation_checkpointing: bool = False) -> nn.Module:
     """Takes ``activation_checkpointing``: it does its own (here: it only records the request)."""
     return _TwoBlocks(num_classes, own_checkpointing=activation_checkpointing)
+
+
+class _Sleep(torch.autograd.Function):
+    """Identity that sleeps a fixed time in forward and another in backward: a step whose phases
+    have known lengths, whatever the machine's speed (sleeping takes no CPU)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, forward_s: float,
+                backward_s: float) -> torch.Tensor:
+        ctx.backward_s = backward_s  # type: ignore[attr-defined]
+        time.sleep(forward_s)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        time.sleep(ctx.backward_s)  # type: ignore[attr-defined]
+        return grad, None, None
+
+
+class _Paced(_Tiny):
+    def __init__(self, num_classes: int, forward_ms: float, backward_ms: float) -> None:
+        super().__init__(num_classes)
+        self.forward_s, self.backward_s = forward_ms / 1000, backward_ms / 1000
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = _Sleep.apply(self.net(x), self.forward_s, self.backward_s)
+        return out
+
+
+def paced(num_classes: int = 10, forward_ms: float = 20.0, backward_ms: float = 30.0) -> nn.Module:
+    """A tiny model whose forward sleeps ``forward_ms`` and backward ``backward_ms``."""
+    return _Paced(num_classes, forward_ms, backward_ms)
