@@ -16,8 +16,9 @@ Four analyses, with HTA's definitions:
   a compute kernel ran too;
 * the kernels with the most time (HTA's breakdown keeps compute, communication and memory ones).
 
-Which code computes them. HTA 0.5.0 was tried here with pandas 3, numpy 2 and plotly 7 and works,
-so it is the first choice, and the record says ``source: "hta"``. It is not a hard dependency:
+Which code computes them. HTA 0.5.0 was tried here with pandas 3.1, numpy 2.4 and plotly 7.1 and
+works, so it is the first choice, and the record says ``source: "hta"``; pandas 3.1 warns that
+HTA's ``inplace=`` calls go in pandas 4, so a later pandas may break it. It is not a hard dependency:
 its package requires jupyterlab and pytest (a hundred packages) for analyses that need only
 pandas, networkx and pydot, and the lent GPU machines have no package index. So HTA is an
 optional extra (``pip install -e '.[trace]'``; ``.ci/run`` installs it without its declared
@@ -42,6 +43,7 @@ import logging
 import re
 import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,7 +89,7 @@ def read_trace(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
         text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
         doc = json.loads(text)
-    except (OSError, EOFError, ValueError) as exc:  # BadGzipFile and JSONDecodeError are ValueErrors
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # BadGzipFile, JSONDecodeError: ValueErrors
         raise TraceReadError(f"{path.name}: cannot read the trace: {type(exc).__name__}: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("traceEvents"), list):
         raise TraceReadError(f"{path.name}: not a Chrome trace (no traceEvents list)")
@@ -175,14 +177,15 @@ def _rank_record(rank: int, trace: str, span: float, compute: float, non_compute
 @contextmanager
 def _quiet_hta() -> Iterator[None]:
     """HTA logs each file it parses and warns about short traces on the console, where the run's
-    progress is, and numpy warns of the 0/0 of an overlap without communication (which the
-    record holds as null); the record's notes say what matters."""
+    progress is; numpy warns of the 0/0 of an overlap without communication (which the record
+    holds as null), and pandas 3 of HTA's use of ``inplace=``, removed in pandas 4. The record's
+    notes say what matters."""
     logger = logging.getLogger("hta")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore")
             yield
     finally:
         logger.setLevel(level)
