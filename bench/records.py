@@ -310,6 +310,66 @@ class MemoryBreakdownRecord(CollectorRecord):
     notes: list[str] = Field(default_factory=list)
 
 
+class KernelTime(Record):
+    """One GPU kernel (or copy, or memset) name's time in a trace."""
+
+    name: str = Field(description="The kernel's name as the trace has it (demangled, template arguments and all).")
+    type: Literal["compute", "communication", "memory", "other"] = Field(
+        description="HTA's classes: `communication` an NCCL kernel, `memory` a memcpy/memset, `compute` the rest "
+                    "but for names with Memcpy or Sync, which are `other`.")
+    total_us: NonNeg = Field(description="Sum of its durations over the trace, microseconds.")
+    count: int = Field(ge=1, description="How many times it ran in the trace.")
+
+
+class RankTraceAnalysis(Record):
+    """HTA's trace-only analyses of one rank's GPU timeline: the profiled steps of one trace file."""
+
+    rank: int = Field(ge=0, description="The rank the trace names (its `distributedInfo`), else its file's index.")
+    trace: str = Field(description="The trace file analysed, relative to the results folder.")
+    span_us: Positive = Field(
+        description="From the first GPU event's start to the last one's end, microseconds: the whole the three "
+                    "parts below divide (HTA's `kernel_time`).")
+    compute_us: NonNeg = Field(description="Time some compute kernel ran (the union over streams), microseconds.")
+    non_compute_us: NonNeg = Field(
+        description="Time the GPU was busy with no compute kernel running: communication and memory copies "
+                    "not hidden under computation, microseconds.")
+    idle_us: NonNeg = Field(description="Time no GPU event ran on any stream, microseconds.")
+    compute_pct: NonNeg = Field(description="`compute_us` over `span_us`, percent.")
+    non_compute_pct: NonNeg = Field(description="`non_compute_us` over `span_us`, percent.")
+    idle_pct: NonNeg = Field(description="`idle_us` over `span_us`, percent.")
+    idle_host_wait_us: NonNeg = Field(
+        description="Gaps on a stream before a kernel launched only after the previous one had finished: the "
+                    "host did not queue work fast enough. Summed over streams, so it can exceed `idle_us`.")
+    idle_kernel_wait_us: NonNeg = Field(
+        description="Gaps on a stream under `kernel_wait_threshold_us` before a kernel queued in time: the cost "
+                    "of launching many small kernels back to back. Summed over streams.")
+    idle_other_us: NonNeg = Field(
+        description="The other gaps on a stream (a kernel queued in time but waiting, e.g. for an event of another "
+                    "stream's all-reduce). Summed over streams.")
+    comm_comp_overlap_pct: NonNeg | None = Field(
+        default=None, description="Of the time communication kernels ran (their union), the percentage during "
+                                  "which a compute kernel ran too (rounded to 2 decimals where "
+                                  "HTA computed it); null with no communication kernel.")
+    kernels: list[KernelTime] = Field(default_factory=list, description="The kernels with the most time, most first.")
+
+
+class TraceAnalysisRecord(CollectorRecord):
+    """Holistic Trace Analysis (HTA) of the GPU traces of ``profile: torch``, made by the
+    coordinator after the case (``bench.trace_analysis``): where the GPU's time went during the
+    profiled steps. All figures null, with ``error`` saying why, when the traces hold no GPU
+    kernel or cannot be read."""
+
+    source: Literal["hta", "bench"] | None = Field(
+        default=None, description="Which code produced the figures: the HolisticTraceAnalysis package, or bench's "
+                                  "own pandas code with HTA's definitions where that package is missing or failed.")
+    ranks: list[RankTraceAnalysis] | None = Field(default=None, description="One entry per trace with GPU events.")
+    kernel_wait_threshold_us: NonNeg | None = Field(
+        default=None, description="Gaps shorter than this count as kernel wait (HTA's `consecutive_kernel_delay`).")
+    cost_s: NonNeg | None = Field(default=None, description="Wall time the analysis took in the coordinator.")
+    notes: list[str] = Field(default_factory=list, description="What the figures leave out (a trace without GPU "
+                                                               "events, why HTA was not used).")
+
+
 class Collectors(Record):
     """One record per collector that was asked for or always runs; others may be added (kept)."""
 
@@ -320,6 +380,8 @@ class Collectors(Record):
     memory: MemoryRecord | None = None
     anatomy: AnatomyRecord | None = None
     memory_breakdown: MemoryBreakdownRecord | None = None
+    trace_analysis: TraceAnalysisRecord | None = Field(
+        default=None, description="HTA's analyses of the torch profiler's GPU traces (CUDA cases with `profile: torch`).")
 
     @model_serializer(mode="wrap")
     def _only_present(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

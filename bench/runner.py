@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import psutil
 from pydantic import ValidationError
 
-from bench import environment, userpath
+from bench import environment, trace_analysis, userpath
 from bench import reference as reference_mod
 from bench import rounds as rounds_mod
 from bench import trials as trial_stats
@@ -364,13 +364,15 @@ def run_suite(suite: Suite, out_dir: Path, *, argv: list[str], overrides: list[s
         if case.id in finished:
             obs.case_finished(case, finished[case.id])
 
-    def save(state: CaseState) -> CaseRecord:
+    def save(state: CaseState, *, final: bool = False) -> CaseRecord:
         record = _record_of(state, out_dir)
+        if final:  # once, when the case is done: parsing its GPU traces takes a second or two
+            record = trace_analysis.attach(record, out_dir)
         writer.put(record)
         return record
 
     def close(state: CaseState) -> None:
-        record = save(state)
+        record = save(state, final=True)
         outcome.records.append(record)
         obs.case_finished(state.case, record)
         if after_case is not None:

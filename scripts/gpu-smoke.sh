@@ -53,6 +53,16 @@ for c in doc["cases"]:
           "precision=%s compile_s=%s graph_breaks=%s" % (c["params"].get("precision"), m.get("compile_s"),
                                                           m.get("graph_breaks")),
           "collector errors=%s" % {k: v.get("error") for k, v in col.items() if (v or {}).get("error")})
+    ta = col.get("trace_analysis")
+    for r in (ta or {}).get("ranks") or []:
+        top = (r.get("kernels") or [{}])[0]
+        print("  trace analysis (%s) rank %s: compute %.0f%% non-compute %.0f%% idle %.0f%% of %.0f us; idle waits "
+              "host/kernel/other %.0f/%.0f/%.0f us; overlap %s%%; top kernel %s (%s, %.0f us x%s)" % (
+              ta["source"], r["rank"], r["compute_pct"], r["non_compute_pct"], r["idle_pct"], r["span_us"],
+              r["idle_host_wait_us"], r["idle_kernel_wait_us"], r["idle_other_us"], r["comm_comp_overlap_pct"],
+              top.get("name", "")[:60], top.get("type"), top.get("total_us", 0), top.get("count")))
+    if ta and not ta.get("ranks"):
+        print("  trace analysis:", ta.get("error"), ta.get("notes"))
 PY
 fi
 done

@@ -15,6 +15,8 @@ packages=(
   jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0 attrs==25.4.0
   ruptures==1.1.10
   py-spy==0.4.3
+  # the GPU trace analysis through HTA (bench/trace_analysis.py); without them bench computes it itself
+  holistictraceanalysis==0.5.0 networkx==3.6.1 pydot==4.0.1 pyparsing==3.3.2
 )
 rm -rf .whl
 mkdir -p .whl

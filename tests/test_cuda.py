@@ -93,6 +93,20 @@ def test_the_torch_profiler_ranks_operators_by_cuda_time(cuda_run: Any) -> None:
     assert all((out / trace).is_file() for trace in prof["traces"])
 
 
+def test_the_trace_analysis_finds_compute_time_in_the_profiled_gpu_steps(cuda_run: Any) -> None:
+    _, cases = cuda_run
+    for mode in ("cuda", "ddp"):
+        analysis = cases[mode]["collectors"]["trace_analysis"]
+        assert analysis["error"] is None, (mode, analysis["error"], analysis["notes"])
+        assert analysis["source"] in ("hta", "bench")
+        (rank,) = analysis["ranks"]
+        assert rank["rank"] == 0
+        assert rank["compute_us"] > 0 and 0 < rank["compute_pct"] <= 100, (mode, rank)
+        assert rank["compute_pct"] + rank["non_compute_pct"] + rank["idle_pct"] == pytest.approx(100)
+        # The CNN's training step is convolutions and GEMMs: the top kernel computes.
+        assert rank["kernels"][0]["type"] == "compute" and rank["kernels"][0]["count"] >= 1
+
+
 @pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
 def test_pyspy_samples_a_gpu_case(cuda_run: Any) -> None:
     out, cases = cuda_run
