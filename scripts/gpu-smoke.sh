@@ -53,6 +53,19 @@ for c in doc["cases"]:
           "precision=%s compile_s=%s graph_breaks=%s" % (c["params"].get("precision"), m.get("compile_s"),
                                                           m.get("graph_breaks")),
           "collector errors=%s" % {k: v.get("error") for k, v in col.items() if (v or {}).get("error")})
+    an = col.get("anatomy") or {}
+    ph = an.get("phases") or {}
+    if ph:
+        print("  anatomy (%s, %s steps, %.2f s): step %.2f ms (measured %.2f): " % (
+              an.get("timing"), an.get("steps"), an.get("cost_s") or 0, ph["step_ms"], an.get("measured_step_ms") or 0)
+              + " ".join("%s %.2f" % (k[:-3], ph[k]) for k in ("data_ms", "forward_ms", "loss_ms", "backward_ms",
+                                                              "optimizer_ms", "other_ms"))
+              + " comm %s exposed %s slowest rank %s" % (ph.get("communication_ms"), ph.get("exposed_communication_ms"),
+                                                         an.get("slowest_rank")))
+    elif an:
+        print("  anatomy:", an.get("error"))
+    mem = (col.get("memory_breakdown") or {})
+    print("  memory_breakdown:", mem.get("categories"), mem.get("error") or "")
     ta = col.get("trace_analysis")
     for r in (ta or {}).get("ranks") or []:
         top = (r.get("kernels") or [{}])[0]

@@ -108,6 +108,20 @@ def test_the_trace_analysis_finds_compute_time_in_the_profiled_gpu_steps(cuda_ru
 
 
 @pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
+def test_the_step_anatomy_is_timed_with_cuda_events_and_accounts_for_the_step(cuda_run: Any) -> None:
+    _, cases = cuda_run
+    for mode in ("cuda", "dp", "ddp"):
+        anatomy = cases[mode]["collectors"]["anatomy"]
+        assert anatomy["error"] is None, (mode, anatomy["error"])
+        assert anatomy["timing"] == "cuda_events"
+        phases = anatomy["phases"]
+        parts = sum(phases[f"{p}_ms"] for p in ("data", "forward", "loss", "backward", "optimizer", "other"))
+        assert parts == pytest.approx(phases["step_ms"])
+        assert phases["forward_ms"] > 0 and phases["backward_ms"] > 0
+        # The anatomy's steps are the measured steps' kind: same step function, same device.
+        assert 0.5 < phases["step_ms"] / anatomy["measured_step_ms"] < 2.0, mode
+
+
 def test_pyspy_samples_a_gpu_case(cuda_run: Any) -> None:
     out, cases = cuda_run
     pyspy = cases["cuda"]["collectors"]["pyspy"]
