@@ -286,7 +286,13 @@ def _rank_figures(ctx: Context, rows: Sequence[CaseRow]) -> Switcher | None:
         skew = rank_skew(anatomy) if anatomy is not None else None
         if skew is not None:
             title += f" (slowest rank's step {skew * 100:.1f}% longer than the fastest's)"
-        figures.append({"data": data, "layout": {"title": {"text": title}}})
+        overrides: dict[str, Any] = {"title": {"text": title}}
+        # A case with only one of the two per-rank records gives its panel the whole width.
+        if not ranks or not mem_ranks:
+            shown_axis, hidden = ("xaxis2", "") if not ranks else ("xaxis", "2")
+            overrides[shown_axis] = {**base[shown_axis], "domain": [0, 1]}
+            overrides[f"xaxis{hidden}"] = overrides[f"yaxis{hidden}"] = {"visible": False}
+        figures.append({"data": data, "layout": overrides})
     caption = "" if len(cases) == len(shown) else f"The first {len(shown)} of {len(cases)} distributed cases."
     return Switcher(ctx.new_id("switch"), "distributed case", [label(r, ctx.multi_run) for r, *_ in shown],
                     data_json({"layout": base, "figures": figures}), int(base["height"]), caption=caption)

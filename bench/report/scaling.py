@@ -152,8 +152,9 @@ def _anatomy_figure(ctx: Context, entries: Sequence[dict[str, Any]],
         fig.update_xaxes(title_text="world size (processes)" if not several else None, type="category",
                          row=1, col=col)
     fig.update_yaxes(title_text="ms per step", rangemode="tozero", row=1, col=1)
+    # The legend sits above the panels' titles, not on them.
     fig.update_layout(layout("Step anatomy per world size (the slowest rank's step)", 480, barmode="stack",
-                             margin={"t": 110}))
+                             margin={"t": 120}, legend={"y": 1.12}))
     fig.update_annotations(font={"size": 13})
     return fig
 
