@@ -260,6 +260,23 @@ def test_the_scaling_table_gives_each_world_sizes_anatomy_step_exposed_communica
     assert [r["rank skew (%)"] for r in rows] == ["", "", "10.2"]  # 26 ms over 23.6 ms
 
 
+def test_the_scaling_view_puts_dataparallels_growth_in_forward_where_it_scatters_and_gathers(
+        tmp_path: Path) -> None:
+    doc = scaling_doc()
+    doc["cases"] = doc["cases"][:2]
+    for case, forward in zip(doc["cases"], (6.0, 9.0), strict=True):
+        case["id"] = case["id"].replace("ddp", "dp")
+        case["params"]["mode"] = "dp"
+        case["collectors"]["anatomy"] = {"error": None, "phases": phases(1.0, forward, 0.4, 10.0, 2.0, 0.6)}
+    doc["scaling"] = [dump(e) for e in analyze(validate_doc(doc, "dp").cases)]
+    (words,) = [b for b in view_of([load_run(write_doc(tmp_path / "dp", doc))], "scaling").blocks
+                if isinstance(b, Bullets)]
+    assert words.items == [
+        "DP · mlp sgd relu bs16 (weak): the step is 20 ms at world size 1 and 23 ms at 2; forward grew most "
+        "(+3 ms, 39% of the step at 2): DataParallel scatters the batch, replicates the model and gathers the "
+        "outputs in forward."]
+
+
 def test_a_scaling_view_without_anatomy_keeps_its_chart_and_table_alone(tmp_path: Path) -> None:
     view = view_of([load_run(write_doc(tmp_path / "plain", make_doc(4)))], "scaling")
     assert [type(b).__name__ for b in view.blocks] == ["FigureBlock", "Table"]
