@@ -102,6 +102,18 @@ def print_results(records: list[CaseRecord]) -> None:
     if not out.is_terminal:
         out = Console(width=160)
     out.print(table)
+    for line in anatomy_lines(records):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def anatomy_lines(records: list[CaseRecord]) -> list[str]:
+    """Where each case's step time and memory go, one line per case that recorded them (the
+    report's Anatomy view has the detail)."""
+    # Imported here: the report package is not needed to run a suite, only to summarise one.
+    from bench.report.anatomy import one_line
+
+    return [f"{r.id}  {line}" for r in records
+            if (line := one_line(r.collectors.anatomy, r.collectors.memory_breakdown)) is not None]
 
 
 def print_effects(effects: list[EffectRecord]) -> None:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from test_report_anatomy import memory, scaling_doc
 from test_report_synthetic import EVIL, make_doc, write_doc
 
 from bench.report import write_report
@@ -192,6 +193,25 @@ def test_a_gpu_report_over_two_runs_shows_every_view_switches_cases_and_colours_
     assert colour == "rgb(253, 226, 225)"
     assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    opened.screenshot_views(tmp_path)
+
+
+def test_the_anatomy_and_the_scaling_anatomy_draw_their_stacked_bars_and_per_rank_switcher(
+        open_report: Any, tmp_path: Path) -> None:
+    doc = scaling_doc()
+    for case in doc["cases"]:
+        case["collectors"]["memory_breakdown"] = {"error": None, "categories": memory(10, 10, 20, 30, 2)}
+    report = write_report([load_run(write_doc(tmp_path / "run", doc))], tmp_path / "anatomy.html")
+    opened = open_report(report)
+    page = opened.page
+    assert "anatomy" in opened.views()
+    # Step, memory and the per-rank switcher in the Anatomy view; throughput and anatomy in Scaling.
+    assert page.locator("#view-anatomy .plot").count() == 3
+    assert page.locator("#view-scaling .plot").count() == 2
+    assert _plots_drawn(page) == page.locator(".plot").count()
+    assert page.locator("#view-anatomy .js-plotly-plot g.trace.bars").count() >= 6
+    assert page.locator("#view-anatomy svg text", has_text="rank 3 (slowest)").count() >= 1
+    assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
     opened.screenshot_views(tmp_path)
 
 

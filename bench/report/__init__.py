@@ -5,7 +5,7 @@ the results hold nothing for it; plotly makes the figures, and a jinja2 template
 lays out the page, so every string from a suite, a results file or an error is shown as text,
 never interpreted as HTML.
 
-Views, in page order: summary (findings first), effects, throughput, trials, step time, scaling,
+Views, in page order: summary (findings first), effects, throughput, trials, step time, anatomy, scaling,
 memory, GPU telemetry, profile, FLOPs, comparison (two or more runs)."""
 
 from __future__ import annotations
@@ -15,15 +15,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.errors import UsageError
-from bench.report import comparison, effects, performance, profile, resources, scaling, summary, trials
+from bench.report import (
+    anatomy,
+    comparison,
+    effects,
+    performance,
+    profile,
+    resources,
+    scaling,
+    summary,
+    trials,
+)
 from bench.report.figures import CONFIG
 from bench.report.model import ComparisonLike, Context, View, ViewBuilder, case_rows, sort_text
 from bench.results import Run, write_output
 
 VIEWS: tuple[ViewBuilder, ...] = (
     summary.build, effects.build, performance.build_throughput, trials.build, performance.build_step_time,
-    scaling.build, resources.build_memory, resources.build_telemetry, profile.build, resources.build_flops,
-    comparison.build,
+    anatomy.build, scaling.build, resources.build_memory, resources.build_telemetry, profile.build,
+    resources.build_flops, comparison.build,
 )
 
 
