@@ -44,7 +44,7 @@ def gpu_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_report_of_a_real_cpu_run_shows_the_views_a_cpu_can_fill(smoke_run: Any) -> None:
     html = render([load_run(smoke_run.out)], inline_plotlyjs=False)
     # A run in randomized rounds (results version 2) adds the paired effects and the trials.
-    assert view_keys(html) == ["summary", "effects", "throughput", "trials", "step-time", "memory", "flops"]
+    assert view_keys(html) == ["summary", "effects", "throughput", "trials", "step-time", "anatomy", "memory", "flops"]
     rows = table_rows(html, "results")
     assert sorted(row[0] for row in rows) == ["cnn-adam", "cnn-sgd", "mlp-adam", "mlp-sgd"]
     # The swept parameters are columns of their own; the shared ones are listed once.

@@ -97,7 +97,7 @@ def test_a_real_run_report_shows_its_views_and_draws_every_chart(smoke_run: Any,
     report = write_report([load_run(smoke_run.out)], tmp_path / "report.html")
     opened = open_report(report)
     page = opened.page
-    assert opened.views() == ["summary", "effects", "throughput", "trials", "step-time", "memory", "flops"]
+    assert opened.views() == ["summary", "effects", "throughput", "trials", "step-time", "anatomy", "memory", "flops"]
     for key in opened.views():
         assert page.locator(f"#view-{key} h2").is_visible()
     # One chart per view, but throughput: by model and by optimizer, and small multiples unless the
