@@ -152,9 +152,9 @@ def test_the_view_says_in_words_what_dominates_each_step_and_memory(run: Run) ->
     (words,) = [b for b in view_of([run], "anatomy").blocks if isinstance(b, Bullets)]
     single, ddp = run.cases[0].id, run.cases[1].id
     assert words.items == [
-        f"{single}: backward is 50% of the step, forward 30% (20 ms per step); activations are the largest "
+        f"{single} (20 ms per step): backward is 50% of the step, forward 30%; activations are the largest "
         "part of memory (40 of 92.5 MiB at the peak).",
-        f"{ddp}: backward is 58% of the step, forward 25%; exposed communication 17% (24 ms per step); rank 1 "
+        f"{ddp} (24 ms per step): backward is 58% of the step, forward 25%; exposed communication 17%; rank 1 "
         "is the slowest, its step 9% longer than the fastest rank's; activations are the largest part of "
         "memory (30 of 72 MiB at the peak).",
     ]

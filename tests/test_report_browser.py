@@ -111,7 +111,7 @@ def test_a_real_run_report_shows_its_views_and_draws_every_chart(smoke_run: Any,
     assert page.locator("#view-trials .js-plotly-plot g.trace.scatter .point").count() >= 2
     assert opened.errors == [] and opened.foreign_requests == [] and opened.dialogs == []
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-    assert len(opened.screenshot_views(tmp_path)) == 7
+    assert len(opened.screenshot_views(tmp_path)) == 8
 
 
 def test_the_results_table_sorts_by_clicking_and_filters_by_typing(smoke_run: Any, open_report: Any,

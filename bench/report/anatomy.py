@@ -302,15 +302,19 @@ def case_sentence(r: CaseRow, multi_run: bool) -> str:
     """One case in words: what dominates its step and its memory, and the slowest rank."""
     anatomy, memory = anatomy_of(r), memory_of(r)
     parts = []
+    head = label(r, multi_run)
     if anatomy is not None and anatomy.phases is not None:
-        parts.append(f"{dominance(anatomy.phases)} ({anatomy.phases.step_ms:,.3g} ms per step)")
+        # The step's length goes with the case's name: after "exposed communication 17%" it would
+        # read as that part's length.
+        head += f" ({anatomy.phases.step_ms:,.3g} ms per step)"
+        parts.append(dominance(anatomy.phases))
         skew = rank_skew(anatomy)
         if skew is not None and anatomy.slowest_rank is not None:
             parts.append(f"rank {anatomy.slowest_rank} is the slowest, its step {skew * 100:.0f}% longer than "
                          "the fastest rank's")
     if memory is not None and memory.categories is not None:
         parts.append(memory_sentence(memory.categories))
-    return f"{label(r, multi_run)}: " + "; ".join(parts) + "."
+    return f"{head}: " + "; ".join(parts) + "."
 
 
 def _table(ctx: Context, rows: Sequence[CaseRow]) -> Table:
