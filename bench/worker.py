@@ -67,7 +67,8 @@ def build_step(params: CaseParams, device: torch.device, batch_size: int,
                ) -> tuple[Callable[[], None], torch.nn.Module]:
     """One training step as a closure and the model: ``grad_accum`` micro-batches of
     ``batch_size``, each a forward and loss (under autocast at reduced precision) and a backward,
-    then one optimizer step. ``wrap`` puts the model in DataParallel, DDP or FSDP2; the model is
+    then one optimizer step. The closure's ``optimizer`` attribute is its optimizer (for
+    collectors that read its state). ``wrap`` puts the model in DataParallel, DDP or FSDP2; the model is
     compiled last, around the wrapper, as torch.compile expects (DDP's graph splits at buckets)."""
     from bench import training
 
@@ -106,6 +107,7 @@ def build_step(params: CaseParams, device: torch.device, batch_size: int,
         else:
             optimizer.step()
 
+    step.optimizer = optimizer  # type: ignore[attr-defined]
     return step, model
 
 

@@ -38,6 +38,7 @@ class CaseContext:
     rank: int = 0
     step: Callable[[], None] | None = None        # one training step (for untimed extra work)
     model: Any = None
+    optimizer: Any = None                          # the step's torch.optim.Optimizer
     batch: int = 0                                 # samples this process feeds its model per step
     measurement: Measurement | None = None         # set by the worker once the timed windows are done
     extras: dict[str, Any] = field(default_factory=dict)
