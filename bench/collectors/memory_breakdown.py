@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bench.collectors import CaseContext, Collector
+from bench.records import MemoryCategories
 
 if TYPE_CHECKING:
     import torch
@@ -198,7 +199,7 @@ class MemoryBreakdownCollector(Collector):
 
     def __init__(self, ctx: CaseContext) -> None:
         super().__init__(ctx)
-        self.categories: dict[str, Any] | None = None
+        self.categories: MemoryCategories | None = None
         self.notes: list[str] = []
 
     def after(self) -> None:
@@ -211,7 +212,7 @@ class MemoryBreakdownCollector(Collector):
                 problem = "no training step, model or optimizer to measure"
             elif not cuda:
                 try:
-                    prof = stack.enter_context(_memory_profiling())
+                    prof = stack.enter_context(memory_profiling())
                 except Exception as exc:  # the profiler's start-up failing: the categories still count
                     self.notes.append(f"no peak: the profiler could not start ({_one_line(exc)})")
             # Every rank reaches ``everyone_ready`` whatever happened above (see the docstring).
@@ -268,10 +269,11 @@ class MemoryBreakdownCollector(Collector):
                 self.notes.append(f"other_bytes clamped at 0: the categories add up to {-rest} bytes more than "
                                   "the peak (they are not all alive at the same moment)")
             cats["other_bytes"] = max(rest, 0)
-        self.categories = cats
+        self.categories = MemoryCategories.model_validate(cats)
 
     def result(self) -> dict[str, Any]:
-        return {"categories": self.categories, "ranks": None, "notes": self.notes}
+        categories = self.categories.model_dump() if self.categories is not None else None
+        return {"categories": categories, "ranks": None, "notes": self.notes}
 
     def record(self) -> dict[str, Any]:
         # The notes say what a failed measurement still learned; the record has them as a list.
@@ -279,7 +281,9 @@ class MemoryBreakdownCollector(Collector):
 
 
 @contextmanager
-def _memory_profiling() -> Iterator[Any]:
+def memory_profiling() -> Iterator[Any]:
+    """A CPU profile that ``profiled_peak`` can read: the memory profiler needs allocation events,
+    shapes and Python stacks (it finds parameters and optimizer state through the Python tracer)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
