@@ -228,7 +228,11 @@ defaults:
   measure: {warmup_steps: 1, min_time: 0.1, max_time: 0.3, window_time: 0.01}
   timeout: 60
 matrix:
+  mode: [cpu]
   optimizer: [sgd, adam]
+include:
+  # FSDP2 over two CPU ranks: each rank holds and counts half of every parameter.
+  - {optimizer: adam, mode: fsdp, world_size: 2, device: cpu}
 """
 
 
@@ -239,15 +243,20 @@ def test_bench_run_records_the_breakdown_of_every_case_in_results_json(write_sui
     out = tmp_path / "out"
     result = run_bench("run", write_suite(SUITE), "--out", out, "--no-report", "--quiet", timeout=300)
     assert result.returncode == 0, result.stderr
-    cases = {case.id: case for case in load_run(out).cases}  # load_run checks the schema too
-    assert sorted(cases) == ["adam", "sgd"]
-    for optimizer, case in cases.items():
+    # load_run checks results.json against its schema.
+    cases = {(case.params.mode, case.params.optimizer["name"]): case for case in load_run(out).cases}
+    assert sorted(cases) == [("cpu", "adam"), ("cpu", "sgd"), ("fsdp", "adam")]
+    for (mode, optimizer), case in cases.items():
         record = case.collectors.memory_breakdown
         assert record is not None and record.error is None and record.categories is not None
         cats = record.categories
-        assert cats.parameters_bytes == cats.gradients_bytes == MLP_PARAMETERS
-        state = 2 * MLP_PARAMETERS + ADAM_STEP_TENSORS if optimizer == "adam" else 0
+        shards = 2 if mode == "fsdp" else 1
+        assert cats.parameters_bytes == cats.gradients_bytes == MLP_PARAMETERS // shards
+        # Adam's step tensors are plain tensors, not shards: every rank keeps all four.
+        state = 2 * MLP_PARAMETERS // shards + ADAM_STEP_TENSORS if optimizer == "adam" else 0
         assert cats.optimizer_state_bytes == state
-        assert cats.activations_bytes == 32 * 138 * F32 + F32
+        # Each rank's batch (32: scaling is weak by default) saves ReLU's and log_softmax's
+        # outputs and a scalar; FSDP2's gathered weights are parameters, not activations.
+        assert cats.activations_bytes == 32 * (128 + 10) * F32 + F32
         assert cats.peak_source == "torch_memory_profiler"
-        assert cats.peak_bytes is not None and cats.peak_bytes >= 2 * MLP_PARAMETERS + state
+        assert cats.peak_bytes is not None and cats.peak_bytes >= cats.parameters_bytes + state
