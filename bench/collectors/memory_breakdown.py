@@ -28,11 +28,14 @@ What each category counts (bytes of this process; under FSDP2 the local shards o
   same moment (activations are freed while gradients appear), so ``other`` is a lower bound of
   what else was live at the peak: inputs, temporaries, workspaces.
 
-Cost, measured with torch 2.14 on one CPU core (batch 64, ``after()`` in a warm process, the
-step's own time included): mlp about 0.05 s with SGD and 0.15 s with Adam, cnn about 0.1 s with
-SGD and 0.3 s with Adam. Nearly all of it is the memory profiler (profiling with stacks, then the
-data-flow analysis); the hooks cost microseconds per saved tensor. On CUDA there is no profiler,
-so the cost is one step.
+Cost (the wall time ``after()`` adds, step included; torch 2.14, one thread, batch 64, medians of
+5 on a shared 2-core machine): mlp 0.07 s with SGD and 0.13 s with Adam, cnn 0.16 s with SGD and
+0.32 s with Adam (plain steps take 2-3 ms and 15-20 ms). Nearly all of it is the memory profiler:
+profiling with Python stacks, then its data-flow analysis, which grows with the number of
+operators (Adam's update adds many). The hooks add microseconds per saved tensor or module call.
+A compiled mlp's first measurement took 1.4 s (later ones 0.06 s): a one-time cost of running the
+compiled code under the hooks and the profiler together; torch logs no recompilation.
+On CUDA there is no profiler, so the cost is one step.
 
 Under DDP each step all-reduces, so every rank runs exactly ``EXTRA_STEPS`` steps, whatever fails
 before or after them, once ``everyone_ready`` says all ranks can.
@@ -101,30 +104,47 @@ def optimizer_state_bytes(optimizer: Any) -> int:
 
 
 @dataclass
+class MicroBatch:
+    """What one forward pass saved for backward (bytes by storage) and the storages of its inputs.
+    Kept per micro-batch: a storage freed by one micro-batch's backward may be reused by the next."""
+
+    saved: dict[tuple[Any, int], int] = field(default_factory=dict)
+    inputs: set[tuple[Any, int]] = field(default_factory=set)
+
+    def activations_bytes(self) -> int:
+        return sum(nbytes for key, nbytes in self.saved.items() if key not in self.inputs)
+
+
+@dataclass
 class SavedTensors:
     """Storages saved for backward during a step, per micro-batch (a call of the model by the
     training loop starts one), parameters and inputs set apart."""
 
     model: Any
     parameters: set[tuple[Any, int]] = field(default_factory=set)
-    inputs: set[tuple[Any, int]] = field(default_factory=set)
-    micro_batches: list[dict[tuple[Any, int], int]] = field(default_factory=list)
-    depth: int = 0
+    micro_batches: list[MicroBatch] = field(default_factory=list)
+    depth: int = 0  # how many module calls are running: 0 outside the model and the loss
 
     def __post_init__(self) -> None:
         for p in self.model.parameters():
             self.parameters.add(_storage_key(local(p)))
+
+    def _current(self) -> MicroBatch:
+        if not self.micro_batches:  # a forward that did not start with the model's own call
+            self.micro_batches.append(MicroBatch())
+        return self.micro_batches[-1]
 
     def entered(self, module: Any, args: tuple[Any, ...]) -> None:
         import torch
 
         if self.depth == 0:
             if module is self.model:
-                self.micro_batches.append({})
-            # What the loop hands a module and autograd knows nothing of is input data.
+                self.micro_batches.append(MicroBatch())
+            # What the loop hands a module and autograd knows nothing of is input data: the batch
+            # to the model, the targets to the loss.
             for value in args:
                 if isinstance(value, torch.Tensor) and value.grad_fn is None and not value.requires_grad:
-                    self.inputs.add(_storage_key(value))
+                    self._current().inputs.add(_storage_key(value))
         self.depth += 1
 
     def left(self, *_: Any) -> None:
@@ -133,18 +153,18 @@ class SavedTensors:
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         import torch
 
+        # A weight saved by a matrix product is a view (its transpose) of the parameter; under
+        # FSDP2 the parameter is the gathered, unsharded one, outside ``parameters``.
         base = t._base if t._base is not None else t
         if not isinstance(base, torch.nn.Parameter):
             key = _storage_key(t)
             if key not in self.parameters:
-                if not self.micro_batches:  # a forward that did not go through the model's call
-                    self.micro_batches.append({})
-                self.micro_batches[-1][key] = t.untyped_storage().nbytes()
-        return t
+                # The size now: FSDP2 frees gathered storages once they are no longer needed.
+                self._current().saved[key] = t.untyped_storage().nbytes()
+        return t  # the tensor itself: it lives exactly as long as without the hook
 
     def activations_bytes(self) -> int:
-        return max((sum(b for k, b in batch.items() if k not in self.inputs) for batch in self.micro_batches),
-                   default=0)
+        return max((batch.activations_bytes() for batch in self.micro_batches), default=0)
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, int]:
