@@ -142,6 +142,36 @@ def test_peak_comes_from_torchs_memory_profiler_and_holds_every_category_alive_a
     assert cats["cuda_allocated_bytes"] is None and cats["cuda_reserved_bytes"] is None
 
 
+def test_other_is_clamped_at_zero_with_a_note_when_the_categories_exceed_the_peak(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mb, "profiled_peak", lambda prof: mb.ProfiledPeak(peak_bytes=1000, by_category={}))
+    record = _breakdown(_ctx(batch_size=16))
+    cats = record["categories"]
+    summed = 2 * MLP_PARAMETERS + 16 * 138 * F32 + F32
+    assert (cats["peak_bytes"], cats["other_bytes"]) == (1000, 0)
+    assert record["notes"] == [f"other_bytes clamped at 0: the categories add up to {summed - 1000} bytes more "
+                               "than the peak (they are not all alive at the same moment)"]
+
+
+@pytest.mark.cuda
+def test_on_cuda_the_peak_is_the_caching_allocators_over_the_extra_step() -> None:
+    params = _params(mode="cuda", optimizer="adam")
+    device = torch.device("cuda:0")
+    step, model = build_step(params, device, params.batch_size)
+    step()
+    ctx = CaseContext(params=params, device=device, out_dir=None, case_id="c", step=step, model=model,
+                      optimizer=step.optimizer,  # type: ignore[attr-defined]
+                      batch=params.batch_size)
+    record = _breakdown(ctx)
+    cats = record["categories"]
+    assert record["error"] is None
+    assert cats["parameters_bytes"] == cats["gradients_bytes"] == MLP_PARAMETERS
+    assert cats["optimizer_state_bytes"] == 2 * MLP_PARAMETERS + ADAM_STEP_TENSORS
+    assert cats["peak_source"] == "cuda_allocator"
+    assert cats["peak_bytes"] == cats["cuda_allocated_bytes"] >= 4 * MLP_PARAMETERS
+    assert cats["cuda_reserved_bytes"] >= cats["cuda_allocated_bytes"]
+
+
 def test_torchs_memory_profiler_finds_the_same_parameters_and_adam_state() -> None:
     ctx = _ctx(optimizer="adam")
     assert ctx.step is not None

@@ -8,9 +8,9 @@ What each category counts (bytes of this process; under FSDP2 the local shards o
 - gradients: their ``.grad`` after the step. ``optimizer.step`` leaves them alive; the next step's
   ``zero_grad(set_to_none=True)`` frees them.
 - optimizer state: every tensor in ``optimizer.state`` (momentum buffers, Adam's ``exp_avg`` and
-  ``exp_avg_sq``) *including* the scalar ``step`` tensors Adam keeps per parameter (4 bytes each
-  on a CPU): they are tensors the optimizer keeps, and torch's memory profiler counts them as
-  optimizer state too, so both measures agree.
+  ``exp_avg_sq``) *including* the scalar ``step`` tensors Adam keeps per parameter (4 bytes each,
+  in host memory unless the optimizer is capturable or fused): they are tensors the optimizer
+  keeps, and torch's memory profiler counts them as optimizer state too, so both measures agree.
 - activations: what the forward pass saves for backward, seen by ``saved_tensors_hooks`` (whose
   pack returns the tensor itself, so nothing lives longer than it would), each storage's full
   ``nbytes`` once. Parameters are not activations (a weight saved by a matrix product, or an
