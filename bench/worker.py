@@ -67,9 +67,9 @@ def build_step(params: CaseParams, device: torch.device, batch_size: int,
                ) -> tuple[Callable[[], None], torch.nn.Module]:
     """One training step as a closure and the model: ``grad_accum`` micro-batches of
     ``batch_size``, each a forward and loss (under autocast at reduced precision) and a backward,
-    then one optimizer step. The closure's ``optimizer`` attribute is its optimizer (for
-    collectors that read its state). ``wrap`` puts the model in DataParallel, DDP or FSDP2; the model is
-    compiled last, around the wrapper, as torch.compile expects (DDP's graph splits at buckets)."""
+    then one optimizer step. ``wrap`` puts the model in DataParallel, DDP or FSDP2; the model is
+    compiled last, around the wrapper, as torch.compile expects (DDP's graph splits at buckets).
+    The closure's ``optimizer`` attribute is its optimizer, for collectors that read its state."""
     from bench import training
 
     training.check_precision(params, device)

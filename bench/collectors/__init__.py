@@ -7,7 +7,8 @@ or a FLOP count). ``record()`` returns a JSON-ready dict stored under ``collecto
 case. A collector that fails records its error; it never raises into the measurement.
 
 One module per collector: ``nvml`` (GPU telemetry), ``memory`` (CUDA and host peaks), ``flops``
-(FLOPs and MFU), ``memory_breakdown`` (bytes by category on an extra step), ``torch_profiler`` and ``pyspy`` (opt-in with the case's ``profile``).
+(FLOPs and MFU), ``memory_breakdown`` (bytes by category on an extra step), ``torch_profiler`` and
+``pyspy`` (opt-in with the case's ``profile``).
 """
 
 from __future__ import annotations
@@ -145,9 +146,9 @@ class CollectorSet:
 
 
 def make_collectors(ctx: CaseContext) -> CollectorSet:
-    """The collectors a case asks for. Memory, NVML, FLOPs and the memory breakdown always run; the profilers when the
-    case's ``profile`` names them. Samplers are entered first and py-spy last, so each sampler's
-    own start-up happens before the profiler starts watching."""
+    """The collectors a case asks for. Memory, NVML, FLOPs and the memory breakdown always run; the
+    profilers when the case's ``profile`` names them. Samplers are entered first and py-spy last,
+    so each sampler's own start-up happens before the profiler starts watching."""
     from bench.collectors.flops import FlopsCollector
     from bench.collectors.memory import MemoryCollector
     from bench.collectors.memory_breakdown import MemoryBreakdownCollector

@@ -239,10 +239,10 @@ class MemoryBreakdownCollector(Collector):
             if not ctx.everyone_ready(problem is None):
                 return self.fail(problem or "another rank could not measure memory, so no rank did")
             assert ctx.step is not None
-            saved = self._step(stack, ctx.step, cuda, prof)
+            saved = self._step(stack, ctx.step, cuda)
         self._measure(saved, prof)
 
-    def _step(self, stack: ExitStack, step: Callable[[], None], cuda: bool, prof: Any) -> SavedTensors | None:
+    def _step(self, stack: ExitStack, step: Callable[[], None], cuda: bool) -> SavedTensors | None:
         import torch
 
         saved: SavedTensors | None = None
