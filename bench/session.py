@@ -54,7 +54,7 @@ class CaseSession:
         self.build_s = time.perf_counter() - t0
         self.ctx = CaseContext(params=params, device=device, out_dir=payload.get("out_dir"),
                                case_id=payload.get("id", ""), rank=rank, step=self.step, model=self.model,
-                               batch=batch * params.grad_accum)
+                               optimizer=getattr(self.step, "optimizer", None), batch=batch * params.grad_accum)
         if agree is not None:
             self.ctx.agree = agree
         self.collectors = make_collectors(self.ctx)

@@ -133,11 +133,11 @@ def test_a_collector_that_raises_in_a_real_case_leaves_the_case_ok(monkeypatch: 
     assert final["collectors"]["flops"]["error"] is None
 
 
-def test_every_case_gets_memory_nvml_anatomy_and_flops_and_profile_adds_the_profilers() -> None:
+def test_every_case_gets_memory_nvml_anatomy_flops_and_memory_breakdown_and_profile_adds_the_profilers() -> None:
     names = [c.name for c in make_collectors(_ctx()).collectors]
-    assert names == ["memory", "nvml", "anatomy", "flops"]
+    assert names == ["memory", "nvml", "anatomy", "flops", "memory_breakdown"]
     names = [c.name for c in make_collectors(_ctx(profile=["pyspy", "torch"])).collectors]
-    assert names == ["memory", "nvml", "anatomy", "flops", "torch_profiler", "pyspy"]
+    assert names == ["memory", "nvml", "anatomy", "flops", "memory_breakdown", "torch_profiler", "pyspy"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ or a FLOP count). ``record()`` returns a JSON-ready dict stored under ``collecto
 case. A collector that fails records its error; it never raises into the measurement.
 
 One module per collector: ``nvml`` (GPU telemetry), ``memory`` (CUDA and host peaks), ``anatomy``
-(time per step by phase), ``flops`` (FLOPs and MFU), ``torch_profiler`` and ``pyspy`` (opt-in with the case's ``profile``).
+(time per step by phase), ``flops`` (FLOPs and MFU), ``memory_breakdown`` (bytes by category on an
+extra step), ``torch_profiler`` and ``pyspy`` (opt-in with the case's ``profile``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class CaseContext:
     rank: int = 0
     step: Callable[[], None] | None = None        # one training step (for untimed extra work)
     model: Any = None
+    optimizer: Any = None                          # the step's torch.optim.Optimizer
     batch: int = 0                                 # samples this process feeds its model per step
     measurement: Measurement | None = None         # set by the worker once the timed windows are done
     extras: dict[str, Any] = field(default_factory=dict)
@@ -144,17 +146,19 @@ class CollectorSet:
 
 
 def make_collectors(ctx: CaseContext) -> CollectorSet:
-    """The collectors a case asks for. Memory, NVML, the step anatomy and FLOPs always run; the
-    profilers when the case's ``profile`` names them. Samplers are entered first and py-spy last, so each sampler's
-    own start-up happens before the profiler starts watching."""
+    """The collectors a case asks for. Memory, NVML, the step anatomy, FLOPs and the memory
+    breakdown always run; the profilers when the case's ``profile`` names them. Samplers are entered
+    first and py-spy last, so each sampler's own start-up happens before the profiler starts watching."""
     from bench.collectors.anatomy import AnatomyCollector
     from bench.collectors.flops import FlopsCollector
     from bench.collectors.memory import MemoryCollector
+    from bench.collectors.memory_breakdown import MemoryBreakdownCollector
     from bench.collectors.nvml import NvmlCollector
     from bench.collectors.pyspy import PySpyCollector
     from bench.collectors.torch_profiler import TorchProfilerCollector
 
-    chosen: list[Collector] = [MemoryCollector(ctx), NvmlCollector(ctx), AnatomyCollector(ctx), FlopsCollector(ctx)]
+    chosen: list[Collector] = [MemoryCollector(ctx), NvmlCollector(ctx), AnatomyCollector(ctx), FlopsCollector(ctx),
+                               MemoryBreakdownCollector(ctx)]
     profile = ctx.params.profile
     if "torch" in profile:
         chosen.append(TorchProfilerCollector(ctx))
