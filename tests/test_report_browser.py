@@ -104,6 +104,7 @@ def test_a_real_run_report_shows_its_views_and_draws_every_chart(smoke_run: Any,
     # two models' trials came out so far apart in scale that each chart has a panel per model.
     plots = {key: page.locator(f"#view-{key} .plot").count() for key in opened.views()}
     assert plots.pop("throughput") in (2, 3) and plots.pop("summary") == 0
+    assert plots.pop("anatomy") == 2  # the phases and the memory categories
     assert set(plots.values()) == {1}
     assert _plots_drawn(page) == page.locator(".plot").count()
     assert page.locator("#view-throughput .js-plotly-plot g.trace.bars").count() >= 2
