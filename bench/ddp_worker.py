@@ -120,8 +120,8 @@ def _merge_collectors(record: dict[str, Any], ranks: list[dict[str, Any]]) -> No
 
 def _join_per_rank(record: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
     """Every rank times its own step anatomy and counts its own memory: the record lists them all.
-    The case's phases are the slowest rank's (the one the others wait for at each all-reduce),
-    and its anatomy cost the largest any rank paid."""
+    The case's phases (and the measured step beside them) are the slowest rank's, the one the
+    others wait for at each all-reduce; its anatomy cost the largest any rank paid."""
     collectors = record.get("collectors") or {}
     anatomy = collectors.get("anatomy")
     if isinstance(anatomy, dict) and anatomy.get("error") is None:
@@ -130,7 +130,8 @@ def _join_per_rank(record: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
         if timed:
             per_rank = [{**a["phases"], "rank": rank} for rank, a in timed]
             slowest = max(per_rank, key=lambda p: p["step_ms"])
-            anatomy.update(ranks=per_rank, slowest_rank=slowest["rank"],
+            measured = dict(timed)[slowest["rank"]].get("measured_step_ms")
+            anatomy.update(ranks=per_rank, slowest_rank=slowest["rank"], measured_step_ms=measured,
                            phases={k: v for k, v in slowest.items() if k != "rank"},
                            cost_s=max(a.get("cost_s") or 0.0 for _, a in timed))
     memory = collectors.get("memory_breakdown")

@@ -15,6 +15,7 @@ Isolation between cases is unchanged: every case still has a process of its own.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -140,6 +141,9 @@ class CaseSession:
 
     def finish(self) -> dict[str, Any]:
         """The collectors' extra, untimed work (profiler windows, the FLOP count) and their records."""
+        # The step time of every trial this process measured: what the step anatomy compares its
+        # own steps with (one trial's would carry that trial's moment of the machine's drift).
+        self.ctx.step_ms_median = statistics.median(self.step_ms) if self.step_ms else None
         self.collectors.after()
         out: dict[str, Any] = {"status": "ok", "collectors": self.collectors.records(), "peak_rss_mb": peak_rss_mb()}
         if self.cuda_peaks is not None:

@@ -206,7 +206,8 @@ class AnatomyCollector(Collector):
             return self.fail(problem or "another rank could not time its step anatomy")
         assert isinstance(step, TrainingStep) and measured is not None
         step_s = statistics.median(measured.window_seconds) / measured.steps_per_window
-        self.measured_step_ms = 1000 * step_s
+        # The comparison: the median step over every trial (all rounds), else the watched trial's.
+        self.measured_step_ms = ctx.step_ms_median or 1000 * step_s
         # Every rank runs the same number of steps (each all-reduces): the largest any asks for.
         n = int(ctx.agree(float(step_count(step_s))))
         step()  # re-warm: the collectors before this one ran their own steps (or none)
