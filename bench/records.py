@@ -275,8 +275,8 @@ class AnatomyRecord(CollectorRecord):
     steps: int | None = Field(default=None, ge=0, description="Anatomy steps the phases are means over.")
     timing: Literal["timestamps", "cuda_events"] | None = None
     measured_step_ms: Positive | None = Field(
-        default=None, description="The median step time over every trial of this process (all rounds), to "
-                                  "compare with ``phases.step_ms``.")
+        default=None, description="The mean step of each measured window, median over every trial's windows "
+                                  "(all rounds) of this process: what ``phases.step_ms`` compares with.")
     cost_s: NonNeg | None = Field(default=None, description="Wall time the anatomy added to the case.")
     ranks: list[RankPhaseTimes] | None = Field(default=None, description="Every rank's phases (distributed).")
     slowest_rank: int | None = Field(default=None, ge=0, description="The rank with the longest step.")

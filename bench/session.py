@@ -141,9 +141,13 @@ class CaseSession:
 
     def finish(self) -> dict[str, Any]:
         """The collectors' extra, untimed work (profiler windows, the FLOP count) and their records."""
-        # The step time of every trial this process measured: what the step anatomy compares its
-        # own steps with (one trial's would carry that trial's moment of the machine's drift).
-        self.ctx.step_ms_median = statistics.median(self.step_ms) if self.step_ms else None
+        # What the step anatomy compares its mean step with: the mean step of each of this
+        # process's windows, over every trial (one trial's would carry that trial's moment of the
+        # machine's drift), the median over windows (as throughput is). Not the median single
+        # step: a mean counts the occasional slow step that a median of steps leaves out.
+        windows = self.local_window_s
+        self.ctx.measured_step_ms = (1000 * statistics.median(windows) / self.steps_per_window
+                                   if windows and self.steps_per_window else None)
         self.collectors.after()
         out: dict[str, Any] = {"status": "ok", "collectors": self.collectors.records(), "peak_rss_mb": peak_rss_mb()}
         if self.cuda_peaks is not None:

@@ -42,7 +42,7 @@ class CaseContext:
     optimizer: Any = None                          # the step's torch.optim.Optimizer
     batch: int = 0                                 # samples this process feeds its model per step
     measurement: Measurement | None = None         # set by the worker once the timed windows are done
-    step_ms_median: float | None = None            # median step time over every trial, set before ``after``
+    measured_step_ms: float | None = None            # median over every trial's windows of their mean step
     extras: dict[str, Any] = field(default_factory=dict)
     # The maximum of a number over all ranks (an all-reduce under DDP; the number itself alone).
     agree: Callable[[float], float] = float

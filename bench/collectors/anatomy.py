@@ -27,7 +27,7 @@ every step all-reduces:
   The profiler slows the steps it watches, so this is an upper bound of the time in flight.
 
 Cost, measured on this 2-core machine: about ``TARGET_S`` seconds of steps (5 to 50 of them)
-plus one re-warm step per case; for distributed cases twice that plus a profiled window
+plus a quarter as many re-warm steps per case; for distributed cases twice that plus a profiled window
 (``PROFILED_STEPS`` steps and the profiler's start-up, about 0.3 s).
 """
 
@@ -207,10 +207,13 @@ class AnatomyCollector(Collector):
         assert isinstance(step, TrainingStep) and measured is not None
         step_s = statistics.median(measured.window_seconds) / measured.steps_per_window
         # The comparison: the median step over every trial (all rounds), else the watched trial's.
-        self.measured_step_ms = ctx.step_ms_median or 1000 * step_s
+        self.measured_step_ms = ctx.measured_step_ms or 1000 * step_s
         # Every rank runs the same number of steps (each all-reduces): the largest any asks for.
         n = int(ctx.agree(float(step_count(step_s))))
-        step()  # re-warm: the collectors before this one ran their own steps (or none)
+        # Re-warm: other cases' trials ran since this one's last, and its first steps back pay
+        # for the caches and the thread pool waking up, as a trial's trimmed first windows do.
+        for _ in range(max(2, n // 4)):
+            step()
         timed = self._run(step, n)
         self.steps = n
         self.phases = mean_phases(timed)
