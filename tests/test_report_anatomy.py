@@ -160,6 +160,17 @@ def test_the_view_says_in_words_what_dominates_each_step_and_memory(run: Run) ->
     ]
 
 
+def test_ranks_within_half_a_percent_are_said_to_keep_pace_rather_than_one_named_slowest(
+        tmp_path: Path) -> None:
+    doc = with_anatomy(make_doc(4, gpu=False, problems=False, profile=False, scaling=False))
+    anatomy = doc["cases"][1]["collectors"]["anatomy"]
+    anatomy["ranks"] = [{**RANK_1, "rank": 0}, {**RANK_1, "rank": 1}]
+    even = load_run(write_doc(tmp_path / "even", doc))
+    (words,) = [b for b in view_of([even], "anatomy").blocks if isinstance(b, Bullets)]
+    assert "the ranks' steps are within 0.5% of each other" in words.items[1]
+    assert "is the slowest" not in words.items[1]
+
+
 def test_the_table_sets_the_anatomy_step_against_the_measured_step_with_the_anatomys_cost(run: Run) -> None:
     (table,) = [b for b in view_of([run], "anatomy").blocks if isinstance(b, Table)]
     header = [c.title for c in table.columns]

@@ -311,7 +311,7 @@ def case_sentence(r: CaseRow, multi_run: bool) -> str:
         skew = rank_skew(anatomy)
         if skew is not None and anatomy.slowest_rank is not None:
             parts.append(f"rank {anatomy.slowest_rank} is the slowest, its step {skew * 100:.0f}% longer than "
-                         "the fastest rank's")
+                         "the fastest rank's" if skew >= 0.005 else "the ranks' steps are within 0.5% of each other")
     if memory is not None and memory.categories is not None:
         parts.append(memory_sentence(memory.categories))
     return f"{head}: " + "; ".join(parts) + "."

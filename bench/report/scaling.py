@@ -190,7 +190,9 @@ def _growth(entries: Sequence[dict[str, Any]], anatomies: dict[tuple[str, str], 
                 text += "no part of it grew"
             skew = rank_skew(last)
             if skew is not None and last.slowest_rank is not None:
-                text += f"; at {n1}, rank {last.slowest_rank} is the slowest, {skew * 100:.0f}% behind the fastest"
+                # Below half a percent "the slowest" is noise: say the ranks kept pace instead.
+                text += (f"; at {n1}, rank {last.slowest_rank} is the slowest, {skew * 100:.0f}% behind the fastest"
+                         if skew >= 0.005 else f"; at {n1}, the ranks' steps are within 0.5% of each other")
             sentences.append(text + ".")
     return sentences
 
