@@ -356,18 +356,13 @@ def build(ctx: Context) -> View | None:
     if len(rows) > MAX_SENTENCES:
         sentences.append(f"And {len(rows) - MAX_SENTENCES} more cases: their largest phase is in the table.")
     blocks.append(Bullets("What dominates", sentences, cls="findings"))
-    timed = [(r, a) for r in rows if (a := anatomy_of(r)) is not None]
-    if timed:
-        labels = [label(r, ctx.multi_run) for r, _ in timed]
-        phases = [a.phases for _, a in timed if a.phases is not None]
-        blocks.append(embed(ctx, _figure(phase_traces(labels, phases), "Where a step's time goes",
-                                         "ms per step", len(timed))))
-    held = [(r, m) for r in rows if (m := memory_of(r)) is not None]
-    if held:
-        labels = [label(r, ctx.multi_run) for r, _ in held]
-        categories = [m.categories for _, m in held if m.categories is not None]
-        blocks.append(embed(ctx, _figure(memory_traces(labels, categories), "What memory holds (one process)",
-                                         "MiB", len(held))))
+    timed = [(label(r, ctx.multi_run), a.phases) for r in rows if (a := anatomy_of(r)) and a.phases]
+    held = [(label(r, ctx.multi_run), m.categories) for r in rows if (m := memory_of(r)) and m.categories]
+    for parts, traces, title, unit in ((timed, phase_traces, "Where a step's time goes", "ms per step"),
+                                       (held, memory_traces, "What memory holds (one process)", "MiB")):
+        if parts:
+            names, values = zip(*parts, strict=True)
+            blocks.append(embed(ctx, _figure(traces(names, values), title, unit, len(parts))))
     per_rank = _rank_figures(ctx, rows)
     if per_rank is not None:
         blocks.append(per_rank)
