@@ -13,10 +13,12 @@ extra step), ``torch_profiler`` and ``pyspy`` (opt-in with the case's ``profile`
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -69,6 +71,30 @@ class CaseContext:
         """A file's path relative to the results folder, as results.json stores it."""
         assert self.out_dir is not None
         return os.path.relpath(path, self.out_dir)
+
+
+@contextmanager
+def native_logs_silenced() -> Iterator[None]:
+    """Standard output and error sent to /dev/null at the file-descriptor level while a collector's own torch.profiler
+    runs: Kineto and the CPU allocator log its start and stop from C++ (``profiler_start``,
+    "Memory block of unknown size..."), which would give every case a log file of noise, where a
+    log should mean the case printed something. A Python exception is unaffected."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        # C's stdio buffers what it writes to a file: flushed here, it lands in /dev/null, not
+        # in the log once the descriptors are back.
+        ctypes.CDLL(None).fflush(None)
+        for fd, copy in ((1, saved[0]), (2, saved[1])):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)
 
 
 class Collector:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from bench.collectors import CaseContext, Collector
+from bench.collectors import CaseContext, Collector, native_logs_silenced
 
 if TYPE_CHECKING:
     import torch
@@ -246,7 +246,7 @@ class AnatomyCollector(Collector):
         cuda = self.ctx.device.type == "cuda"
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
         found: list[Any] = []
-        with profile(activities=activities) as prof:
+        with native_logs_silenced(), profile(activities=activities) as prof:
             yield found
             if cuda:
                 torch.cuda.synchronize(self.ctx.device)

@@ -48,7 +48,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bench.collectors import CaseContext, Collector
+from bench.collectors import CaseContext, Collector, native_logs_silenced
 from bench.records import MemoryCategories
 
 if TYPE_CHECKING:
@@ -306,8 +306,8 @@ def memory_profiling() -> Iterator[Any]:
     shapes and Python stacks (it finds parameters and optimizer state through the Python tracer)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
+    with native_logs_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                                         with_stack=True) as prof:
         yield prof
 
 
