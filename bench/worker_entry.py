@@ -53,8 +53,8 @@ def scatter_layout() -> list[object]:
     ``bench ab`` invocation would then share one draw of each side's luck, a bias no number of
     launches averages out: a model with 5% more work was measured 7% and 14% *faster* in two of
     four runs. Forked back to back from one state, children's speeds clustered by parent (one-way
-    ANOVA over 3 parents x 4 children, p = 0.02); with this shift, not (p = 0.44; the experiment is
-    ``fork_luck.py`` in the shared notes). A random number of pages mapped moves the later large
+    ANOVA over 3 parents x 4 children, p = 0.02); with the same kind of shift, not (p = 0.44;
+    ``benchmarks/fork_luck.py``). A random number of pages mapped moves the later large
     allocations, which glibc maps on their own (the 256x256 weights and the activations of the
     models measured); a random heap block moves what later grows the heap. Small blocks that
     reuse memory the server had already freed stay where they were."""
