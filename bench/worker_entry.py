@@ -34,36 +34,4 @@ def serve_side_main(conn: Connection, payload: dict[str, Any], log_path: str | N
     userpath.forget_safe_path()
     os.chdir(side_dir)
     sys.path.insert(0, side_dir)
-    keep = scatter_layout()  # noqa: F841 - held for the process's life: the offsets are the point
     session.serve_process(payload, conn, log_path)
-
-
-# Pages and bytes a launch may shift its allocations by (see ``scatter_layout``).
-SCATTER_PAGES = 1024
-SCATTER_BYTES = 128 * 1024
-
-
-def scatter_layout() -> list[object]:
-    """Shift where this process's allocations land by a random amount, and return what holds the
-    shift (it must stay alive).
-
-    Why: a process's speed here depends on where its tensors landed (5-20% between two processes
-    of identical code), and every fork of one case server starts from the same memory state, so
-    each launch of one side would repeat the same layout and so the same speed. The launches of a
-    ``bench ab`` invocation would then share one draw of each side's luck, a bias no number of
-    launches averages out: a model with 5% more work was measured 7% and 14% *faster* in two of
-    four runs. Forked back to back from one state, children's speeds clustered by parent (one-way
-    ANOVA over 3 parents x 4 children, p = 0.02); with the same kind of shift, not (p = 0.44;
-    ``benchmarks/fork_luck.py``). A random number of pages mapped moves the later large
-    allocations, which glibc maps on their own (the 256x256 weights and the activations of the
-    models measured); a random heap block moves what later grows the heap. Small blocks that
-    reuse memory the server had already freed stay where they were."""
-    import ctypes
-    import mmap
-    import secrets
-
-    pages = mmap.mmap(-1, mmap.PAGESIZE * (1 + secrets.randbelow(SCATTER_PAGES)))
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    block = libc.malloc(16 + 16 * secrets.randbelow(SCATTER_BYTES // 16))  # never freed: it is the shift
-    return [pages, block]
