@@ -89,19 +89,18 @@ class TrainingStep:
         self.autocast = training.autocast(params, device)
         self.scaler = training.grad_scaler(params, device)
         self.micro = params.grad_accum
+        self.sync_context = training.sync_context  # looked up once, not on every step
         # Gradient synchronisation on (the default) or off for every micro-batch: the anatomy
         # compares backward with and without it to find the communication backward did not hide.
         self.synchronise = True
 
     def __call__(self, mark: Mark = _no_mark) -> None:
-        from bench import training
-
         self.optimizer.zero_grad(set_to_none=True)
         mark("optimizer")
         for i in range(self.micro):
             x, y = self.next_batch()
             mark("data")
-            with training.sync_context(self.model, last=self.synchronise and i == self.micro - 1):
+            with self.sync_context(self.model, last=self.synchronise and i == self.micro - 1):
                 with self.autocast():
                     out = self.model(x)
                     mark("forward")
