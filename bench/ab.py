@@ -1,10 +1,10 @@
 """``bench ab``: two versions of a user's code, measured in alternation, case by case, with three
 answers (``bench.pairs``).
 
-A case is measured in *launches*. A launch starts one process per side (forked from the case
-server, which has imported torch already, or a fresh interpreter for ``--base-python``/
-``--new-python``; ``bench.side_worker``), each builds the model and warms up, and the coordinator
-then asks them in turn for short measurements (a *half*: a few windows of about 50 ms): base then
+A case is measured in *launches*. A launch starts a fresh interpreter that imports torch and forks
+both sides' processes from one state (or, under ``--base-python``/``--new-python``, a fresh
+interpreter per side: ``bench.side_worker``); each builds the model and warms up, and the
+coordinator then asks them in turn for short measurements (a *half*: a few windows of about 50 ms): base then
 new or new then base, balanced and seeded (``pairs.pair_orders``). Such a *pair* sees one state of a
 machine whose speed drifts by 10-30% over minutes; only one side runs at a time. After
 ``pairs_per_launch`` pairs both processes end.
@@ -131,13 +131,11 @@ class _Silent:
 # --- starting a side's case process ----------------------------------------------------------------
 
 
-def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) -> Callable[[], Worker]:
-    """Start ``side``'s case process for ``case`` as a fork of the case server, which has imported
-    torch and bench already (``bench.preload``): a launch then costs the model's build and warm-up,
-    not an interpreter's start. For sides under this interpreter."""
+def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) -> Worker:
+    """Start ``side``'s case process for ``case`` as a fork of ``launcher``'s server, which has
+    imported torch and bench already (``bench.preload``). For sides under this interpreter."""
     from bench import worker_entry
     from bench.rounds import process_worker
-
     parent, child = launcher.ctx.Pipe(duplex=True)
     payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
     proc = launcher.ctx.Process(target=worker_entry.serve_side_main,
@@ -145,13 +143,14 @@ def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) ->
     with userpath.safe_path_environ():
         proc.start()
     child.close()
-    worker = process_worker(proc, parent)
-    return lambda: worker
+    launcher.adopt(proc.pid)
+    return process_worker(proc, parent)
 
 
 def start_side(side: Side, case: Case, scratch: Path, log_path: Path) -> Callable[[], Worker]:
     """Start ``side``'s case process for ``case`` (a fresh interpreter in the side's directory);
-    returns a function that connects to it once it listens (the two sides start in parallel)."""
+    returns a function that connects to it once it listens, so that both sides' interpreters start
+    (import torch) in parallel."""
     scratch.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(16)
     # Absolute: the process runs in the side's directory, not this one.
@@ -209,7 +208,7 @@ class _CaseRun:
 
     case: Case
     settings: ABSettings
-    launch: Callable[[], dict[str, Worker]]  # fresh, warmed-up processes of both sides
+    launch: Callable[[], tuple[dict[str, Worker], Callable[[], None]]]  # both sides' processes, and their end
     states: dict[str, CaseState]
     origin: float
     orders: list[bool]
@@ -238,7 +237,7 @@ class _CaseRun:
 
     def one_launch(self, stage_index: int) -> None:
         """Fresh processes of both sides, ``pairs_per_launch`` pairs from them, then they end."""
-        workers = self.launch()
+        workers, end = self.launch()
         # The longer of the two calibrations, so that a window lasts at least window_time on both.
         steps = max(int(self.states[label].last_ready.get("steps_per_window") or 1) for label in workers)
         logs: list[float] = []
@@ -259,8 +258,7 @@ class _CaseRun:
                 self.launch_of_pair.append(len(self.launch_ratios))
                 self.pair_start_s.append(start)
         finally:
-            for worker in workers.values():
-                worker.stop()
+            end()
         self.launch_ratios.append(statistics.median(logs))
         self.launch_stage.append(stage_index)
 
@@ -409,29 +407,24 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
         atomic_write_text(path, json.dumps(finite(dump(doc)), indent=1, allow_nan=False))
 
     flush()
-    from bench.runner import CaseLauncher
-
-    launcher = CaseLauncher()
     # The statistics import numpy, scipy and ruptures (seconds): before the first pair, not inside it.
     pairs.analyse([0.01, -0.01, 0.02])
     trial_stats.detect_drift([1.0] * 8)
     try:
         for index, case in enumerate(suite.cases):
             obs.case_started(case, index, len(suite.cases))
-            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs, launcher)
+            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs)
             for label, case_record in side_records.items():
                 writers[label].put(case_record)
             doc.cases.append(record)
             flush()
             obs.case_finished(case, record)
     except KeyboardInterrupt:
-        launcher.close()
         for w in writers.values():
             w.finish("interrupted")
         doc.run.status, doc.run.finished = "interrupted", now()
         flush()
         raise Interrupted(f"interrupted after {len(doc.cases)} of {len(suite.cases)} case(s); saved in {out_dir}") from None
-    launcher.close()
     _adjust(doc.cases, settings.confidence)
     for w in writers.values():
         w.finish("complete")
@@ -445,13 +438,13 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
 
 
 def forkable(side: Side) -> bool:
-    """Whether the side runs under this interpreter, so its processes can be forks of the case server."""
+    """Whether the side runs under this interpreter, so its processes can be forks of a server."""
     return os.path.realpath(side.python) == os.path.realpath(sys.executable)
 
 
 def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, settings: ABSettings,
-              obs: Observer, launcher: CaseLauncher) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
-    from bench.runner import _case_record
+              obs: Observer) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
+    from bench.runner import CaseLauncher, _case_record
 
     params = Params.model_validate(case.params_json())
     states = {s.label: CaseState(case, out_dir / "logs" / f"{s.label}-{case.id}.log") for s in (base, new)}
@@ -466,25 +459,49 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
         state.started, state.t0 = now(), time.monotonic()
     payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
 
-    def launch() -> dict[str, Worker]:
-        """Both sides' processes, each started, built and warmed up in turn."""
+    def launch() -> tuple[dict[str, Worker], Callable[[], None]]:
+        """Both sides' processes, built and warmed up in turn, and what ends the launch.
+
+        Every launch starts from a fresh interpreter: a process's speed here depends by 5-20% on
+        state it inherits (its memory layout), so processes forked from one long-lived server
+        would repeat one draw of that luck in every launch of an invocation, and the launches
+        would not be independent (``benchmarks/fork_luck.py``). Under one interpreter, both sides
+        are forked from one fresh server per launch, back to back from the same state, so what
+        the state decides is shared by the pair and redrawn for the next launch; under two, each
+        side is a fresh interpreter of its own."""
         workers: dict[str, Worker] = {}
-        # Which side starts first alternates from launch to launch: whatever the second start
-        # inherits from the first (a busier machine while it warms up, other pages) is then not
-        # always the new side's.
+        # Which side warms up first alternates from launch to launch: whatever the second inherits
+        # from the first (a busier machine while it warms up, other pages) is then not always the
+        # new side's.
         both = (base, new) if run is None or len(run.launch_ratios) % 2 == 0 else (new, base)
+        launcher = CaseLauncher() if forkable(base) and forkable(new) else None
+
+        def end() -> None:
+            for worker in workers.values():
+                worker.stop()
+            if launcher is not None:  # after its children: it reports their ends
+                launcher.close()
+
         try:
-            # One after the other: two torch processes warming up at once on the same cores spin
-            # against each other's OpenMP threads (10 warm-up steps of a 30 ms step took 20 s).
-            for side in both:
-                label = side.label
-                connect = (fork_side(launcher, side, case, states[label].log_path) if forkable(side)
-                           else start_side(side, case, out_dir / "scratch" / case.id, states[label].log_path))
-                workers[label] = worker = connect()
-                if not forkable(side):  # a fork has its payload already
+            connects: dict[str, Callable[[], Worker]] = {}
+            if launcher is None:
+                # Importing torch in parallel costs one import's time, not two.
+                scratch = out_dir / "scratch" / case.id
+                connects = {s.label: start_side(s, case, scratch, states[s.label].log_path) for s in both}
+                for side in both:
+                    workers[side.label] = worker = connects[side.label]()
                     hello = worker.request(None, timeout=case.params.timeout)
                     if hello.get("status") != "probe":
-                        raise _SideFailed(label, hello)
+                        raise _SideFailed(side.label, hello)
+            # Building and warming up one after the other: two torch processes warming up at once
+            # on the same cores spin against each other's OpenMP threads (10 warm-up steps of a 30 ms
+            # step took 20 s).
+            for side in both:
+                label = side.label
+                if launcher is not None:
+                    workers[label] = worker = fork_side(launcher, side, case, states[label].log_path)
+                else:
+                    worker = workers[label]
                     worker.conn.send(payload)
                 ready = worker.request(None, timeout=case.params.timeout)
                 if ready.get("status") != "ready":
@@ -492,10 +509,9 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
                 states[label].ready = states[label].ready or ready
                 states[label].last_ready = ready
         except BaseException:
-            for worker in workers.values():
-                worker.stop()
+            end()
             raise
-        return workers
+        return workers, end
 
     try:
         origin = time.perf_counter()

@@ -131,7 +131,7 @@ class CaseLauncher:
             with userpath.safe_path_environ():
                 proc.start()
             sender.close()
-            self._server = _forkserver_of(proc.pid) or self._server
+            self.adopt(proc.pid)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -171,6 +171,11 @@ class CaseLauncher:
 
         message, _ = self._call(worker_entry.probe_main, (), 120)
         return message if isinstance(message, dict) else None
+
+    def adopt(self, pid: int | None) -> None:
+        """Remember the server that forked ``pid`` (a process started through ``self.ctx``), so
+        that ``close`` stops it."""
+        self._server = _forkserver_of(pid) or self._server
 
     def close(self) -> None:
         """Stop the forkserver. It would exit on its own once this process ends; stopping it here

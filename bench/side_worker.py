@@ -32,6 +32,10 @@ def main() -> None:
         partial.replace(address)  # whole or absent: the coordinator never reads half a file
         conn = listener.accept()
     try:
+        # Everything a case needs imported before the probe (torch._dynamo alone, which any
+        # optimizer imports, takes seconds): both sides' interpreters start at once and import in
+        # parallel, while building and warming up happen one side after the other.
+        import bench.preload  # noqa: F401
         from bench import session, userpath, worker
         from bench.suite import CaseParams
 

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,11 @@ def scripted_run(base: Callable[[int], float], new: Callable[[int], float], proc
     counters = {"base": [0], "new": [0]}
     rng = np.random.default_rng(99)
 
-    def launch() -> dict[str, Any]:
+    def launch() -> tuple[dict[str, Any], Callable[[], None]]:
         factors = np.exp(rng.normal(0, process_sd, 2)) if process_sd else (1.0, 1.0)
-        return {"base": ScriptedSide(base, counters["base"], float(factors[0])),
-                "new": ScriptedSide(new, counters["new"], float(factors[1]))}
+        workers = {"base": ScriptedSide(base, counters["base"], float(factors[0])),
+                   "new": ScriptedSide(new, counters["new"], float(factors[1]))}
+        return workers, lambda: None
 
     return ab._CaseRun(case, chosen, launch, states, 0.0, pairs.pair_orders(1000, 5), ab._Silent())
 
@@ -248,6 +250,8 @@ import os
 import torch.nn as nn
 
 open(os.path.join(os.getcwd(), "imported-{side}"), "w").close()
+with open(os.path.join(os.getcwd(), "parents-{side}"), "a") as log:  # one line per process
+    log.write(f"{{os.getppid()}}\\n")
 
 
 def make(**kwargs):
@@ -303,6 +307,49 @@ def test_ab_runs_each_side_from_its_own_directory_and_writes_both_results(tmp_pa
     assert "regression" in (out / "ab.md").read_text(encoding="utf-8")
     html = (out / "ab.html").read_text(encoding="utf-8")
     assert 'id="view-ab"' in html and "confirmation" in html
+
+
+def parents(folder: Path, name: str) -> list[str]:
+    """The parent of every process that imported that side's model, in order."""
+    return (folder / f"parents-{name}").read_text(encoding="utf-8").split()
+
+
+ONE_SET = ["--pairs-per-launch", "2", "--min-launches", "3", "--max-launches", "3", "--no-confirm", "--quiet"]
+
+
+def test_every_launch_forks_both_sides_from_a_fresh_server_of_its_own(tmp_path: Path) -> None:
+    # A process's speed depends on the state it was forked from, so one server for the whole run
+    # would repeat one draw of that luck in every launch; both sides of a launch share theirs.
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    a, b = side(tmp_path / "a", "a", 1), side(tmp_path / "b", "b", 1)
+    result = bench("ab", suite, "--base", a, "--new", b, "--out", tmp_path / "out", *ONE_SET, cwd=tmp_path,
+                   timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    base, new = parents(a, "a"), parents(b, "b")
+    assert len(base) == len(new) == 3
+    assert base == new
+    assert len(set(base)) == 3
+
+
+def test_a_side_under_another_interpreter_starts_a_fresh_one_in_every_launch(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    a, b = side(tmp_path / "a", "a", 1), side(tmp_path / "b", "b", 1)
+    # Another path to this interpreter: bench cannot tell it from another installation.
+    other = tmp_path / "python"
+    other.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    other.chmod(0o755)
+    out = tmp_path / "out"
+    result = bench("ab", suite, "--base", a, "--new", b, "--new-python", other, "--out", out, *ONE_SET,
+                   cwd=tmp_path, timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    doc = ABDoc.model_validate(json.loads((out / "ab.json").read_text(encoding="utf-8")))
+    assert doc.new.python == str(other) and doc.cases[0].launches == 3
+    # Each side's process is an interpreter of its own, started by bench itself, every launch.
+    base, new = parents(a, "a"), parents(b, "b")
+    assert len(base) == len(new) == 3
+    assert len(set(base + new)) == 1
 
 
 def git(repo: Path, *args: str) -> str:
