@@ -9,15 +9,15 @@ new or new then base, balanced and seeded (``pairs.pair_orders``). Such a *pair*
 machine whose speed drifts by 10-30% over minutes; only one side runs at a time. After
 ``pairs_per_launch`` pairs both processes end.
 
-Why launches, not one long-lived process per side: on this project's 2-core VM, two processes of
-identical code differed by 5-23% in speed, a different amount at each start and stable for the
-life of the process (`bench aa` with one process per side flagged "regressions" and
-"improvements" of 12-18% and confirmed them with fresh pairs from the same processes). Holding both
-processes' threads on one CPU removed it, so it is where the scheduler puts a process, which the
-harness cannot choose for the user. Pairs of one launch share it, so they are not independent
+Why launches, not one long-lived process per side: on this project's 2-core VM, a process's speed
+depends by 5-20% on the state it starts from (its memory layout, as far as the experiments in the
+README tell), a different amount for every start and stable for the life of the process (`bench
+aa` with one process per side flagged "regressions" and "improvements" of 12-18% and confirmed them
+with fresh pairs from the same processes). Pairs of one launch share it, so they are not independent
 samples of the code's effect: a launch's change is the median of its pairs' log ratios, and the
 inference is over launches (Hodges-Lehmann with its Wilcoxon interval), so a process's luck widens
-the interval instead of becoming a verdict.
+the interval instead of becoming a verdict. That needs the launches to be independent draws, hence
+a fresh server per launch (``_run_case``'s ``launch``).
 
 A case takes launches until they answer (``pairs.answer``: looked at after ``min_launches`` and
 then every ``check_every``) or its budget (``max_launches`` or ``max_time`` seconds) runs out. A case
@@ -386,6 +386,7 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
     """Measure every case of ``suite`` on both sides in pairs; write both sides' results, ``ab.json``
     after every case, and return the outcome. Raises ``Interrupted`` (after saving) on Ctrl-C."""
     obs: Observer = observer or _Silent()
+    settings = settings.model_copy(update={"start": "server" if forkable(base) and forkable(new) else "interpreters"})
     prepare_output(out_dir)
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -474,7 +475,7 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
         # from the first (a busier machine while it warms up, other pages) is then not always the
         # new side's.
         both = (base, new) if run is None or len(run.launch_ratios) % 2 == 0 else (new, base)
-        launcher = CaseLauncher() if forkable(base) and forkable(new) else None
+        launcher = CaseLauncher() if settings.start == "server" else None
 
         def end() -> None:
             for worker in workers.values():

@@ -613,6 +613,11 @@ class ABSettings(Record):
     half_windows: int = Field(ge=1, description="Windows in each half of a pair.")
     confirm: bool
     order_seed: int
+    start: Literal["server", "interpreters"] | None = Field(default=None, description=(
+        "How every launch started its processes: `server`, a fresh interpreter that forks both sides "
+        "back to back; `interpreters`, a fresh interpreter per side (the sides run under different "
+        "Pythons). Absent in files written before 2026-12-02, whose launches were forks of one server for "
+        "the whole run, so that one draw of a process's speed luck was repeated in every launch."))
 
 
 class ABDoc(Record):

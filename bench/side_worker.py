@@ -1,12 +1,13 @@
-"""Entry point of one side's case process in ``bench ab``: ``python -m bench.side_worker``.
+"""Entry point of one side's case process in ``bench ab`` when the two sides run under different
+interpreters (``--base-python``/``--new-python``): ``python -m bench.side_worker``. Under one
+interpreter both sides are forks of a fresh server instead (``bench.ab``).
 
-``bench ab`` measures two versions of a user's code, so the two processes of a case cannot be
-forks of one parent: each is a fresh interpreter (possibly another one, ``--base-python``) started
-in its side's directory, and that directory is put first on its import path once bench itself is
-imported, so that ``import: "mypkg.model:make"`` resolves to that side's code and bench's own
-modules stay the harness's. It connects back to the coordinator (address and key in the
-environment, never on the command line; it listens, the coordinator connects), answers a probe of its torch, and then serves trials
-exactly as a case process of ``bench run`` does (``bench.session.serve``).
+Each is a fresh interpreter started in its side's directory, and that directory is put first on
+its import path once bench itself is imported, so that ``import: "mypkg.model:make"`` resolves to
+that side's code and bench's own modules stay the harness's. It connects back to the coordinator
+(address and key in the environment, never on the command line; it listens, the coordinator
+connects), answers a probe of its torch, and then serves trials exactly as a case process of
+``bench run`` does (``bench.session.serve``).
 """
 
 from __future__ import annotations

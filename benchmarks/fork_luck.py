@@ -1,5 +1,5 @@
-"""Is a process's speed luck shared by all forks of one server? (bench ab forks both sides'
-processes from one forkserver per invocation.)
+"""Is a process's speed luck shared by all forks of one server? (Until 2026-12-02 bench ab forked
+every launch's processes from one forkserver per invocation; it now starts a fresh one per launch.)
 
 S servers (fresh interpreters that import torch), each forking K children; every child builds the
 same model (a 256-wide MLP of BLOCKS linear blocks, batch 64, SGD), warms up, and then all S*K

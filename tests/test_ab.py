@@ -326,6 +326,8 @@ def test_every_launch_forks_both_sides_from_a_fresh_server_of_its_own(tmp_path: 
     result = bench("ab", suite, "--base", a, "--new", b, "--out", tmp_path / "out", *ONE_SET, cwd=tmp_path,
                    timeout=300)
     assert result.returncode in (0, 1), result.stderr
+    doc = ABDoc.model_validate(json.loads((tmp_path / "out" / "ab.json").read_text(encoding="utf-8")))
+    assert doc.settings.start == "server"
     base, new = parents(a, "a"), parents(b, "b")
     assert len(base) == len(new) == 3
     assert base == new
@@ -345,7 +347,7 @@ def test_a_side_under_another_interpreter_starts_a_fresh_one_in_every_launch(tmp
                    cwd=tmp_path, timeout=300)
     assert result.returncode in (0, 1), result.stderr
     doc = ABDoc.model_validate(json.loads((out / "ab.json").read_text(encoding="utf-8")))
-    assert doc.new.python == str(other) and doc.cases[0].launches == 3
+    assert doc.new.python == str(other) and doc.cases[0].launches == 3 and doc.settings.start == "interpreters"
     # Each side's process is an interpreter of its own, started by bench itself, every launch.
     base, new = parents(a, "a"), parents(b, "b")
     assert len(base) == len(new) == 3
