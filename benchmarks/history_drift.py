@@ -87,7 +87,9 @@ def main() -> None:
             values = [p.raw for p in s.points]
             first = values[:args.same]
             cps, _ = find_change_points(values, [str(i) for i in range(len(values))])
-            raw[s.case_id] = {"spread_first_commit": max(first) / min(first) - 1,
+            raw[s.case_id] = {"raw_per_run": [round(v, 1) for v in values],
+                              "relative_per_run": [round(p.value, 4) for p in s.points] if s.relative else None,
+                              "spread_first_commit": max(first) / min(first) - 1,
                               "change_points_raw_one_commit_per_run": [(c.index, round(c.change, 4)) for c in cps],
                               "relative_spread_first_commit": (max(p.value for p in s.points[:args.same])
                                                                / min(p.value for p in s.points[:args.same]) - 1)
