@@ -4,14 +4,14 @@ answers (``bench.pairs``).
 A case is measured in *launches*. A launch starts a fresh interpreter that imports torch and forks
 both sides' processes from one state (or, under ``--base-python``/``--new-python``, a fresh
 interpreter per side: ``bench.side_worker``); each builds the model and warms up, and the
-coordinator then asks them in turn for short measurements (a *half*: a few windows of about 50 ms): base then
-new or new then base, balanced and seeded (``pairs.pair_orders``). Such a *pair* sees one state of a
-machine whose speed drifts by 10-30% over minutes; only one side runs at a time. After
-``pairs_per_launch`` pairs both processes end.
+coordinator then asks them in turn for short measurements (a *half*: a few windows of about 50
+ms): base then new or new then base, balanced and seeded (``pairs.pair_orders``). Such a *pair*
+sees one state of a machine whose speed drifts by 10-30% over minutes; only one side runs at a
+time. After ``pairs_per_launch`` pairs both processes end.
 
 Why launches, not one long-lived process per side: on this project's 2-core VM, a process's speed
-depends by 5-20% on the state it starts from (its memory layout, as far as the experiments in the
-README tell), a different amount for every start and stable for the life of the process (`bench
+depends by 5-20% on the state it starts from (forks of one state share it, separate interpreters
+do not: the README's *Launches and pairs*), a different amount for every start and stable for the life of the process (`bench
 aa` with one process per side flagged "regressions" and "improvements" of 12-18% and confirmed them
 with fresh pairs from the same processes). Pairs of one launch share it, so they are not independent
 samples of the code's effect: a launch's change is the median of its pairs' log ratios, and the
@@ -136,6 +136,7 @@ def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) ->
     imported torch and bench already (``bench.preload``). For sides under this interpreter."""
     from bench import worker_entry
     from bench.rounds import process_worker
+
     parent, child = launcher.ctx.Pipe(duplex=True)
     payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
     proc = launcher.ctx.Process(target=worker_entry.serve_side_main,
@@ -464,9 +465,9 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
         """Both sides' processes, built and warmed up in turn, and what ends the launch.
 
         Every launch starts from a fresh interpreter: a process's speed here depends by 5-20% on
-        state it inherits (its memory layout), so processes forked from one long-lived server
+        state it inherits, so processes forked from one long-lived server
         would repeat one draw of that luck in every launch of an invocation, and the launches
-        would not be independent (``benchmarks/fork_luck.py``). Under one interpreter, both sides
+        would not be independent (``benchmarks/fork_luck.py``, the README's *Launches and pairs*). Under one interpreter, both sides
         are forked from one fresh server per launch, back to back from the same state, so what
         the state decides is shared by the pair and redrawn for the next launch; under two, each
         side is a fresh interpreter of its own."""

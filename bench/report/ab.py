@@ -87,8 +87,8 @@ def markdown(doc: ABDoc) -> str:
     lines += ["", "Change: throughput of new over base (negative: slower), Hodges-Lehmann over launches, with "
               f"its {s.confidence:.0%} Wilcoxon signed-rank interval. A launch starts both sides' processes "
               f"afresh ({START.get(s.start, START[None])}) and takes {s.pairs_per_launch} pairs from them, "
-              "each pair measuring both sides back to back in a balanced random order, so the machine's drift cancels within it; a launch's change is the median "
-              "of its pairs'. A flagged case is measured again with fresh launches before it counts. Launches "
+              "each pair measuring both sides back to back in a balanced random order, so the machine's "
+              "drift cancels within it; a launch's change is the median of its pairs'. A flagged case is measured again with fresh launches before it counts. Launches "
               "over time: their changes in time order (lowest ▁ to highest █).", "", "</details>", ""]
     return "\n".join(lines)
 
