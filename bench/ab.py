@@ -485,7 +485,6 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
                 launcher.close()
 
         try:
-            connects: dict[str, Callable[[], Worker]] = {}
             if launcher is None:
                 # Importing torch in parallel costs one import's time, not two.
                 scratch = out_dir / "scratch" / case.id
