@@ -75,7 +75,10 @@ if TYPE_CHECKING:
 
 AB_NAME = "ab.json"
 ESTIMATOR = "median of halves; 95% order-statistic interval over halves (bench ab: each half of a pair is a trial)"
-DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE, "pairs_per_launch": 10,
+# Pairs per launch by how launches start: where a process's luck cancels in every pair (shared),
+# more pairs per launch narrow its change; where it does not, more launches do.
+PAIRS_PER_LAUNCH = {"shared": 20, "server": 10, "interpreters": 10}
+DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE, "pairs_per_launch": None,
                     "min_launches": 8, "check_every": 2, "max_launches": 24, "max_time": 90.0, "half_windows": 2,
                     "confirm": True}
 REWARM_STEPS = 1
@@ -148,6 +151,40 @@ def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) ->
     return process_worker(proc, parent)
 
 
+def fork_both(launcher: CaseLauncher, sides: tuple[Side, Side], case: Case, log_path: Path) -> Worker:
+    """Start a shared launch's process for ``case``: a fork of ``launcher``'s server that builds
+    both sides' models, each from its own side's code, in the order of ``sides``
+    (``bench.session.serve_sides``)."""
+    from bench import worker_entry
+    from bench.rounds import process_worker
+
+    parent, child = launcher.ctx.Pipe(duplex=True)
+    payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
+    both = [(side.label, str(side.directory)) for side in sides]
+    proc = launcher.ctx.Process(target=worker_entry.serve_both_main,
+                                args=(child, payload, str(log_path.resolve()), both), daemon=False)
+    with userpath.safe_path_environ():
+        proc.start()
+    child.close()
+    launcher.adopt(proc.pid)
+    return process_worker(proc, parent)
+
+
+@dataclass
+class _SideView:
+    """One side of a shared launch's process, as the pairs ask a side for its half."""
+
+    worker: Worker
+    label: str
+
+    def request(self, message: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        return self.worker.request(None if message is None else {**message, "side": self.label}, timeout)
+
+
+class _Side(Protocol):
+    def request(self, message: dict[str, Any] | None, timeout: float) -> dict[str, Any]: ...
+
+
 def start_side(side: Side, case: Case, scratch: Path, log_path: Path) -> Callable[[], Worker]:
     """Start ``side``'s case process for ``case`` (a fresh interpreter in the side's directory);
     returns a function that connects to it once it listens, so that both sides' interpreters start
@@ -209,7 +246,7 @@ class _CaseRun:
 
     case: Case
     settings: ABSettings
-    launch: Callable[[], tuple[dict[str, Worker], Callable[[], None]]]  # both sides' processes, and their end
+    launch: Callable[[], tuple[dict[str, _Side], Callable[[], None]]]  # both sides, and the launch's end
     states: dict[str, CaseState]
     origin: float
     orders: list[bool]
@@ -224,7 +261,7 @@ class _CaseRun:
     stages: list[StageRecord] = field(default_factory=list)
     stats: list[pairs.PairStats | None] = field(default_factory=list)
 
-    def half(self, worker: Worker, label: str, index: int, position: int, steps: int) -> tuple[float, float]:
+    def half(self, worker: _Side, label: str, index: int, position: int, steps: int) -> tuple[float, float]:
         """One side's half of pair ``index``: (throughput, start). Both sides time windows of the
         same ``steps``, after one untimed step that brings their model back into the caches."""
         request = {"op": "trial", "seconds": 0.0, "windows": self.settings.half_windows, "collect": False,
@@ -243,7 +280,7 @@ class _CaseRun:
         steps = max(int(self.states[label].last_ready.get("steps_per_window") or 1) for label in workers)
         logs: list[float] = []
         try:
-            for _ in range(self.settings.pairs_per_launch):
+            for _ in range(self.pairs_per_launch):
                 index = len(self.log_ratios)
                 base_first = self.orders[index % len(self.orders)]
                 order = ("base", "new") if base_first else ("new", "base")
@@ -296,8 +333,12 @@ class _CaseRun:
                 return record
 
     @property
+    def pairs_per_launch(self) -> int:
+        return self.settings.pairs_per_launch or PAIRS_PER_LAUNCH["server"]  # run_ab always sets it
+
+    @property
     def unit(self) -> str:
-        return f"launches of {self.settings.pairs_per_launch} pairs"
+        return f"launches of {self.pairs_per_launch} pairs"
 
     def all_launches(self) -> pairs.PairStats | None:
         return pairs.analyse(self.launch_ratios, self.settings.confidence, unit=self.unit)
@@ -383,11 +424,14 @@ def settings_from(order_seed: int | None, **given: Any) -> ABSettings:
 
 def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSettings, *, argv: list[str],
            overrides: list[str], only: str | None, kind: Literal["ab", "aa"] = "ab",
-           observer: Observer | None = None) -> ABOutcome:
+           observer: Observer | None = None, separate: bool = False) -> ABOutcome:
     """Measure every case of ``suite`` on both sides in pairs; write both sides' results, ``ab.json``
-    after every case, and return the outcome. Raises ``Interrupted`` (after saving) on Ctrl-C."""
+    after every case, and return the outcome. Raises ``Interrupted`` (after saving) on Ctrl-C.
+    ``separate``: a process per side in every launch even where one could hold both."""
     obs: Observer = observer or _Silent()
-    settings = settings.model_copy(update={"start": "server" if forkable(base) and forkable(new) else "interpreters"})
+    start = ("server" if separate else "shared") if forkable(base) and forkable(new) else "interpreters"
+    settings = settings.model_copy(update={
+        "start": start, "pairs_per_launch": settings.pairs_per_launch or PAIRS_PER_LAUNCH[start]})
     prepare_output(out_dir)
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -412,21 +456,30 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
     # The statistics import numpy, scipy and ruptures (seconds): before the first pair, not inside it.
     pairs.analyse([0.01, -0.01, 0.02])
     trial_stats.detect_drift([1.0] * 8)
+    from bench.runner import CaseLauncher
+
+    # Shared launches are forks of one server for the whole run: the luck a fork draws is common
+    # to both sides' models in it, so nothing needs a fresh server.
+    shared = CaseLauncher() if start == "shared" else None
     try:
         for index, case in enumerate(suite.cases):
             obs.case_started(case, index, len(suite.cases))
-            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs)
+            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs, shared)
             for label, case_record in side_records.items():
                 writers[label].put(case_record)
             doc.cases.append(record)
             flush()
             obs.case_finished(case, record)
     except KeyboardInterrupt:
+        if shared is not None:
+            shared.close()
         for w in writers.values():
             w.finish("interrupted")
         doc.run.status, doc.run.finished = "interrupted", now()
         flush()
         raise Interrupted(f"interrupted after {len(doc.cases)} of {len(suite.cases)} case(s); saved in {out_dir}") from None
+    if shared is not None:
+        shared.close()
     _adjust(doc.cases, settings.confidence)
     for w in writers.values():
         w.finish("complete")
@@ -445,11 +498,12 @@ def forkable(side: Side) -> bool:
 
 
 def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, settings: ABSettings,
-              obs: Observer) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
+              obs: Observer, shared: CaseLauncher | None = None) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
     from bench.runner import CaseLauncher, _case_record
 
     params = Params.model_validate(case.params_json())
-    states = {s.label: CaseState(case, out_dir / "logs" / f"{s.label}-{case.id}.log") for s in (base, new)}
+    side_logs = {s.label: out_dir / "logs" / f"{s.label}-{case.id}.log" for s in (base, new)}
+    states = {label: CaseState(case, path) for label, path in side_logs.items()}
     if case.params.mode not in SINGLE_PROCESS:
         reason = f"bench ab pairs single-process cases (cpu, cuda, dp); mode {case.params.mode} is not paired yet"
         record = ABCaseRecord(id=case.id, params=params, verdict="skipped", message=f"skipped: {reason}", error=reason)
@@ -460,37 +514,60 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
     for state in states.values():
         state.started, state.t0 = now(), time.monotonic()
     payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
+    # How this case's launches start: the run's way, unless a shared launch failed where separate
+    # processes may not (``fallback`` says why).
+    start = settings.start if shared is not None or settings.start != "shared" else "server"
+    fallback: str | None = None
+    if start == "shared":
+        for state in states.values():
+            state.log_path = out_dir / "logs" / f"{case.id}.log"  # one process, one log
 
-    def launch() -> tuple[dict[str, Worker], Callable[[], None]]:
-        """Both sides' processes, built and warmed up in turn, and what ends the launch.
+    def launch() -> tuple[dict[str, _Side], Callable[[], None]]:
+        """Both sides, built and warmed up in turn, and what ends the launch.
 
-        Every launch starts from a fresh interpreter: a process's speed here depends by 5-20% on
-        state it inherits, so processes forked from one long-lived server
-        would repeat one draw of that luck in every launch of an invocation, and the launches
-        would not be independent (``benchmarks/fork_luck.py``, the README's *Launches and pairs*). Under one interpreter, both sides
-        are forked from one fresh server per launch, back to back from the same state, so what
-        the state decides is shared by the pair and redrawn for the next launch; under two, each
-        side is a fresh interpreter of its own."""
-        workers: dict[str, Worker] = {}
-        # Which side warms up first alternates from launch to launch: whatever the second inherits
-        # from the first (a busier machine while it warms up, other pages) is then not always the
-        # new side's.
+        ``shared`` (under one interpreter, the default): one process, forked from the run's case
+        server, builds both sides' models. A process's speed here depends by 5-20% on the process
+        (a fresh draw for every fork, stable for its life: the README's *Launches and pairs*);
+        within one process two models share it, so it cancels in every pair. ``server``: each side
+        a process of its own, both forked back to back from a fresh server per launch, so that the
+        launches are independent draws of that luck and it averages out over them.
+        ``interpreters`` (the sides run under different Pythons): a fresh interpreter per side."""
+        workers: dict[str, _Side] = {}
+        stops: list[Callable[[], None]] = []
+        # Which side is built and warmed up first alternates from launch to launch: whatever the
+        # second inherits from the first (other pages, a busier machine while it warms up) is
+        # then not always the new side's.
         both = (base, new) if run is None or len(run.launch_ratios) % 2 == 0 else (new, base)
-        launcher = CaseLauncher() if settings.start == "server" else None
+        launcher = CaseLauncher() if start == "server" else None
 
         def end() -> None:
-            for worker in workers.values():
-                worker.stop()
+            for stop in stops:
+                stop()
             if launcher is not None:  # after its children: it reports their ends
                 launcher.close()
 
         try:
+            if start == "shared":
+                assert shared is not None
+                worker = fork_both(shared, both, case, states[base.label].log_path)
+                stops.append(worker.stop)
+                for side in both:  # one ready per side, in the order they are built
+                    ready = worker.request(None, timeout=case.params.timeout)
+                    label = str(ready.get("side") or side.label)
+                    if ready.get("status") != "ready":
+                        raise _SideFailed(label, ready)
+                    states[label].ready = states[label].ready or ready
+                    states[label].last_ready = ready
+                    workers[label] = _SideView(worker, label)
+                return workers, end
+            started: dict[str, Worker] = {}
             if launcher is None:
                 # Importing torch in parallel costs one import's time, not two.
                 scratch = out_dir / "scratch" / case.id
                 connects = {s.label: start_side(s, case, scratch, states[s.label].log_path) for s in both}
                 for side in both:
-                    workers[side.label] = worker = connects[side.label]()
+                    started[side.label] = worker = connects[side.label]()
+                    stops.append(worker.stop)
                     hello = worker.request(None, timeout=case.params.timeout)
                     if hello.get("status") != "probe":
                         raise _SideFailed(side.label, hello)
@@ -500,15 +577,17 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
             for side in both:
                 label = side.label
                 if launcher is not None:
-                    workers[label] = worker = fork_side(launcher, side, case, states[label].log_path)
+                    started[label] = worker = fork_side(launcher, side, case, states[label].log_path)
+                    stops.append(worker.stop)
                 else:
-                    worker = workers[label]
+                    worker = started[label]
                     worker.conn.send(payload)
                 ready = worker.request(None, timeout=case.params.timeout)
                 if ready.get("status") != "ready":
                     raise _SideFailed(label, ready)
                 states[label].ready = states[label].ready or ready
                 states[label].last_ready = ready
+                workers[label] = worker
         except BaseException:
             end()
             raise
@@ -516,10 +595,24 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
 
     try:
         origin = time.perf_counter()
-        orders = pairs.pair_orders(4 * settings.max_launches * settings.pairs_per_launch + 2,
+        orders = pairs.pair_orders(4 * settings.max_launches * (settings.pairs_per_launch or 1) + 2,
                                    settings.order_seed + index)
         run = _CaseRun(case, settings, launch, states, origin, orders, obs)
-        first = run.stage("initial")
+        try:
+            first = run.stage("initial")
+        except _SideFailed as exc:
+            if start != "shared" or run.launch_ratios or exc.answer.get("status") != "failed":
+                raise
+            # Both models in one process can fail where each alone would not (two that do not fit
+            # in memory together, a module that registers a name both sides register): separate
+            # processes then, saying why; a side that fails there too is the case's failure.
+            fallback = f"{exc.side}: {exc.answer.get('error') or 'failed without a reason'}"
+            start = "server"
+            for label, state in states.items():
+                state.log_path, state.ready, state.last_ready = side_logs[label], {}, {}
+            run.stages.clear()
+            run.stats.clear()
+            first = run.stage("initial")
         if first.answer in ("regression", "improvement") and settings.confirm:
             run.stage("confirmation")
     except _SideFailed as exc:
@@ -538,16 +631,19 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
         keep = log.exists() and log.stat().st_size > 0
         side_records[label] = _case_record(case, state.started, time.monotonic() - state.t0, result,
                                            str(log.relative_to(out_dir)) if keep else None)
+    how: dict[str, Any] = {"start": start, "fallback": fallback} if start != settings.start or fallback else {}
     if failure is not None:
         side, answer = failure
         status: Literal["failed", "skipped"] = "skipped" if answer.get("status") == "skipped" else "failed"
         error = f"{side}: {answer.get('error') or 'failed without a reason'}"
         record = ABCaseRecord(id=case.id, params=params, verdict=status, message=f"{status}: {error}", error=error,
-                              **_pairs_of(run))
+                              **how, **_pairs_of(run))
         return record, side_records
     assert run is not None
     fields = _verdict(run)
-    record = ABCaseRecord(id=case.id, params=params, stages=run.stages, **_pairs_of(run), **{
+    if fallback:
+        fields["message"] += (f" (each side in a process of its own: both in one process failed, {fallback})")
+    record = ABCaseRecord(id=case.id, params=params, stages=run.stages, **how, **_pairs_of(run), **{
         k: v for k, v in fields.items()})
     return record, side_records
 

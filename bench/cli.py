@@ -165,9 +165,14 @@ def _ab_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-python", default=sys.executable, metavar="PYTHON",
                    help="interpreter of the new side's case processes (default: this one)")
     p.add_argument("--threshold", type=float, metavar="PCT",
-                   help="changes smaller than this many percent are 'unchanged' (default 3)")
+                   help="changes smaller than this many percent are 'unchanged' (default 2)")
     p.add_argument("--pairs-per-launch", type=int, metavar="N",
-                   help="pairs taken from each launch, a fresh start of both sides' processes (default 10)")
+                   help="pairs taken from each launch, a fresh start of both sides (default 20 with both sides in "
+                        "one process, 10 with a process per side)")
+    p.add_argument("--separate-processes", action="store_true",
+                   help="a process per side in every launch, not one process holding both sides' models: for code "
+                        "that changes torch's global settings when imported, or models that do not fit in memory "
+                        "together (much noisier on a shared machine: each process draws its own speed)")
     p.add_argument("--min-launches", type=int, metavar="N", help="launches before the first look (default 8)")
     p.add_argument("--max-launches", type=int, metavar="N",
                    help="launches per case and set before 'inconclusive' (default 24)")
@@ -445,7 +450,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
         out_dir: Path = args.out or _default_out(f"{suite.name}-{args.kind}")
         try:
             outcome = ab.run_ab(suite, base, new, out_dir, settings, argv=sys.argv, overrides=args.overrides,
-                                only=args.only, kind=args.kind, observer=console.ABObserver(enabled=not args.quiet))
+                                only=args.only, kind=args.kind, observer=console.ABObserver(enabled=not args.quiet),
+                                separate=args.separate_processes)
         except ab.Interrupted as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return EXIT_INTERRUPTED

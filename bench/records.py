@@ -600,12 +600,18 @@ class ABCaseRecord(Record):
     launch_ratios: list[float] = Field(default_factory=list,
                                        description="log(new/base) of each launch: the median of its pairs'.")
     pair_start_s: list[float] = Field(default_factory=list, description="When each pair started, seconds after the first.")
+    start: Literal["shared", "server", "interpreters"] | None = Field(default=None, description=(
+        "How this case's launches started, where not as the run's `settings.start`."))
+    fallback: str | None = Field(default=None, description=(
+        "Why this case ran a process per side: the shared launch failed, naming the side and the error."))
 
 
 class ABSettings(Record):
-    threshold: Positive = Field(description="Changes smaller than this are `unchanged` (0.03 = 3%).")
+    threshold: Positive = Field(description="Changes smaller than this are `unchanged` (0.02 = 2%).")
     confidence: float = Field(gt=0, lt=1)
-    pairs_per_launch: int = Field(ge=1, description="Pairs each launch (fresh processes of both sides) takes.")
+    pairs_per_launch: int | None = Field(default=None, ge=1, description=(
+        "Pairs each launch takes (set in every file bench writes; by default 20 for shared launches, 10 "
+        "otherwise)."))
     min_launches: int = Field(ge=2, description="Launches before the first look.")
     check_every: int = Field(ge=1, description="Launches between looks.")
     max_launches: int = Field(ge=2, description="Per set (the first, and a confirmation).")
@@ -613,11 +619,13 @@ class ABSettings(Record):
     half_windows: int = Field(ge=1, description="Windows in each half of a pair.")
     confirm: bool
     order_seed: int
-    start: Literal["server", "interpreters"] | None = Field(default=None, description=(
-        "How every launch started its processes: `server`, a fresh interpreter that forks both sides "
-        "back to back; `interpreters`, a fresh interpreter per side (the sides run under different "
-        "Pythons). Absent in files written before 2026-12-02, whose launches were forks of one server for "
-        "the whole run, so that one draw of a process's speed luck was repeated in every launch."))
+    start: Literal["shared", "server", "interpreters"] | None = Field(default=None, description=(
+        "How every launch started its processes: `shared`, one process forked from the run's server that "
+        "builds both sides' models, each from its side's code (under one interpreter, the default); "
+        "`server`, a process per side, both forked back to back from a fresh server per launch "
+        "(`--separate-processes`); `interpreters`, a fresh interpreter per side (the sides run under "
+        "different Pythons). Absent in files written before 2026-12-02, whose launches were forks of one "
+        "server for the whole run, a process per side."))
 
 
 class ABDoc(Record):

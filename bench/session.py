@@ -188,8 +188,72 @@ def serve(session_factory: Callable[[], CaseSession], receive: Callable[[], dict
             return
 
 
-def serve_process(payload: dict[str, Any], conn: Connection, log_path: str | None) -> None:
-    """Entry point of a single-process case (cpu, cuda, dp) in rounds."""
+class SideCode:
+    """Where one ``bench ab`` side's code lives in a process that holds both sides' models: its
+    directory is first on the import path and the working directory while that side's model is
+    built, and every module imported from it is forgotten afterwards (``sys.modules``), so that
+    the other side's import of the same name finds that side's own file. The modules stay alive
+    through the model built from them."""
+
+    def __init__(self, label: str, directory: str) -> None:
+        self.label = label
+        self.directory = os.path.realpath(directory)
+
+    def _inside(self, module: object) -> bool:
+        places = [getattr(module, "__file__", None), *list(getattr(module, "__path__", None) or [])]
+        return any(isinstance(p, str) and os.path.realpath(p).startswith(self.directory + os.sep) for p in places)
+
+    def build(self, factory: Callable[[], CaseSession]) -> CaseSession:
+        before = set(sys.modules)
+        os.chdir(self.directory)
+        sys.path.insert(0, self.directory)
+        try:
+            return factory()
+        finally:
+            sys.path.remove(self.directory)
+            for name in set(sys.modules) - before:
+                if self._inside(sys.modules[name]):
+                    del sys.modules[name]
+
+    def enter(self) -> None:
+        """Before this side's steps: its directory is the working directory again (a model that
+        reads a file relative to it reads its own side's)."""
+        os.chdir(self.directory)
+
+
+def serve_sides(factory: Callable[[], CaseSession], sides: list[SideCode], receive: Callable[[], dict[str, Any]],
+                send: Callable[[dict[str, Any]], None]) -> None:
+    """``bench ab``'s shared launch: one process builds and prepares each side's model in turn
+    (one ``ready`` message each, naming the side), then answers ``trial`` requests for the side
+    each names, until ``finish``. Why one process for both: ``bench.ab``. A failure is a message
+    naming the side, never an exception."""
+    sessions: dict[str, CaseSession] = {}
+    for code in sides:
+        try:
+            sessions[code.label] = session = code.build(factory)
+            send({**session.prepare(), "side": code.label})
+        except BaseException as exc:  # a user's model may raise anything; it must become a message
+            send({**_failure(exc), "side": code.label})
+            return
+    by_label = {code.label: code for code in sides}
+    while True:
+        request = receive()
+        if request["op"] != "trial":
+            send({"status": "ok"})
+            return
+        label = request["side"]
+        try:
+            by_label[label].enter()
+            windows, steps = request.get("windows"), request.get("steps_per_window")
+            send({**sessions[label].trial(float(request["seconds"]), False, None if windows is None else int(windows),
+                                          None if steps is None else int(steps), int(request.get("rewarm") or 0)),
+                  "side": label})
+        except BaseException as exc:
+            send({**_failure(exc), "side": label})
+            return
+
+
+def _redirect_output(log_path: str | None) -> None:
     if log_path:
         # The case's own output (warnings, a user's prints) goes to its log, not over the
         # progress display; the record carries the error text.
@@ -198,14 +262,37 @@ def serve_process(payload: dict[str, Any], conn: Connection, log_path: str | Non
         os.dup2(fd, 2)
         os.close(fd)
 
+
+def _single_process_factory(payload: dict[str, Any]) -> Callable[[], CaseSession]:
     def factory() -> CaseSession:
         params = CaseParams.model_validate(payload["params"])
         device, batch, wrap, threads, warnings = single_process_setup(params)
         return CaseSession(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
                            threads=threads, warnings=warnings)
 
+    return factory
+
+
+def serve_both_sides(payload: dict[str, Any], conn: Connection, log_path: str | None,
+                     sides: list[tuple[str, str]]) -> None:
+    """Entry point of ``bench ab``'s shared launch: both sides' models of a single-process case
+    (``sides``: label and code directory, in the order they are built)."""
+    _redirect_output(log_path)
     try:
-        serve(factory, conn.recv, conn.send)
+        serve_sides(_single_process_factory(payload), [SideCode(label, d) for label, d in sides], conn.recv, conn.send)
+    except (EOFError, OSError):
+        pass  # the coordinator went away (interrupted, or done with this launch)
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def serve_process(payload: dict[str, Any], conn: Connection, log_path: str | None) -> None:
+    """Entry point of a single-process case (cpu, cuda, dp) in rounds."""
+    _redirect_output(log_path)
+    try:
+        serve(_single_process_factory(payload), conn.recv, conn.send)
     except (EOFError, OSError):
         pass  # the coordinator went away (interrupted): nothing left to answer
     finally:

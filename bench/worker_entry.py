@@ -35,3 +35,13 @@ def serve_side_main(conn: Connection, payload: dict[str, Any], log_path: str | N
     os.chdir(side_dir)
     sys.path.insert(0, side_dir)
     session.serve_process(payload, conn, log_path)
+
+
+def serve_both_main(conn: Connection, payload: dict[str, Any], log_path: str | None,
+                    sides: list[tuple[str, str]]) -> None:
+    """A ``bench ab`` shared launch forked from the case server: one process that builds both
+    sides' models, each from its own side's code (``bench.session.serve_both_sides``)."""
+    from bench import session, userpath
+
+    userpath.forget_safe_path()
+    session.serve_both_sides(payload, conn, log_path, sides)

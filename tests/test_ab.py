@@ -250,8 +250,9 @@ import os
 import torch.nn as nn
 
 open(os.path.join(os.getcwd(), "imported-{side}"), "w").close()
-with open(os.path.join(os.getcwd(), "parents-{side}"), "a") as log:  # one line per process
-    log.write(f"{{os.getppid()}}\\n")
+with open(os.path.join(os.getcwd(), "parents-{side}"), "a") as log:  # one line per process: parent, itself
+    log.write(f"{{os.getppid()}} {{os.getpid()}}\\n")
+{extra}
 
 
 def make(**kwargs):
@@ -275,9 +276,9 @@ FAST = ["--pairs-per-launch", "3", "--min-launches", "3", "--max-launches", "4",
         "--order-seed", "11", "--quiet"]
 
 
-def side(folder: Path, name: str, depth: int) -> Path:
+def side(folder: Path, name: str, depth: int, extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "abmodel.py").write_text(MODEL.format(side=name, depth=depth), encoding="utf-8")
+    (folder / "abmodel.py").write_text(MODEL.format(side=name, depth=depth, extra=extra), encoding="utf-8")
     return folder
 
 
@@ -309,17 +310,22 @@ def test_ab_runs_each_side_from_its_own_directory_and_writes_both_results(tmp_pa
     assert 'id="view-ab"' in html and "confirmation" in html
 
 
+def processes(folder: Path, name: str) -> list[tuple[str, str]]:
+    """(parent, pid) of every process that imported that side's model, in order."""
+    lines = (folder / f"parents-{name}").read_text(encoding="utf-8").splitlines()
+    return [(parent, pid) for parent, pid in (line.split() for line in lines)]
+
+
 def parents(folder: Path, name: str) -> list[str]:
-    """The parent of every process that imported that side's model, in order."""
-    return (folder / f"parents-{name}").read_text(encoding="utf-8").split()
+    return [parent for parent, _ in processes(folder, name)]
 
 
 ONE_SET = ["--pairs-per-launch", "2", "--min-launches", "3", "--max-launches", "3", "--no-confirm", "--quiet"]
 
 
-def test_every_launch_forks_both_sides_from_a_fresh_server_of_its_own(tmp_path: Path) -> None:
-    # A process's speed depends on the state it was forked from, so one server for the whole run
-    # would repeat one draw of that luck in every launch; both sides of a launch share theirs.
+def test_by_default_every_launch_is_one_process_that_builds_both_sides_each_from_its_own_code(tmp_path: Path) -> None:
+    # A process's speed here is a draw of its own: two models in one process share it, so it
+    # cancels in every pair; a fresh process per launch, forked from the run's one server.
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE, encoding="utf-8")
     a, b = side(tmp_path / "a", "a", 1), side(tmp_path / "b", "b", 1)
@@ -327,11 +333,91 @@ def test_every_launch_forks_both_sides_from_a_fresh_server_of_its_own(tmp_path: 
                    timeout=300)
     assert result.returncode in (0, 1), result.stderr
     doc = ABDoc.model_validate(json.loads((tmp_path / "out" / "ab.json").read_text(encoding="utf-8")))
-    assert doc.settings.start == "server"
-    base, new = parents(a, "a"), parents(b, "b")
+    assert doc.settings.start == "shared" and doc.cases[0].start is None and doc.cases[0].launches == 3
+    base, new = processes(a, "a"), processes(b, "b")
     assert len(base) == len(new) == 3
-    assert base == new
-    assert len(set(base)) == 3
+    assert base == new  # the same process imported both sides' modules, each from its own folder
+    assert len({pid for _, pid in base}) == 3 and len({parent for parent, _ in base}) == 1
+    assert not (a / "imported-b").exists() and not (b / "imported-a").exists()
+
+
+def test_separate_processes_fork_both_sides_from_a_fresh_server_in_every_launch(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    a, b = side(tmp_path / "a", "a", 1), side(tmp_path / "b", "b", 1)
+    result = bench("ab", suite, "--base", a, "--new", b, "--out", tmp_path / "out", "--separate-processes", *ONE_SET,
+                   cwd=tmp_path, timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    doc = ABDoc.model_validate(json.loads((tmp_path / "out" / "ab.json").read_text(encoding="utf-8")))
+    assert doc.settings.start == "server" and doc.settings.pairs_per_launch == 2
+    base, new = processes(a, "a"), processes(b, "b")
+    assert len(base) == len(new) == 3
+    assert not {pid for _, pid in base} & {pid for _, pid in new}  # a process per side
+    assert parents(a, "a") == parents(b, "b") and len(set(parents(a, "a"))) == 3  # a fresh server per launch
+
+
+# Importing a module of this name twice in one process fails, as a registry that refuses a second
+# registration of one name would.
+ONCE = """
+import builtins
+if getattr(builtins, "abmodel_registered", False):
+    raise RuntimeError("abmodel is registered already")
+builtins.abmodel_registered = True
+"""
+
+
+def test_sides_that_cannot_share_a_process_fall_back_to_a_process_each_and_say_why(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    a, b = side(tmp_path / "a", "a", 1, ONCE), side(tmp_path / "b", "b", 1, ONCE)
+    out = tmp_path / "out"
+    result = bench("ab", suite, "--base", a, "--new", b, "--out", out, *ONE_SET, cwd=tmp_path, timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    doc = ABDoc.model_validate(json.loads((out / "ab.json").read_text(encoding="utf-8")))
+    case = doc.cases[0]
+    assert doc.settings.start == "shared" and case.start == "server"
+    assert case.verdict not in ("failed", "skipped") and case.launches == 3
+    assert case.fallback is not None and "registered already" in case.fallback
+    assert "a process of its own" in case.message
+    assert "registered already" in (out / "ab.md").read_text(encoding="utf-8")
+
+
+def test_a_side_that_fails_in_a_process_of_its_own_too_fails_the_case_naming_that_side(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE, encoding="utf-8")
+    a = side(tmp_path / "a", "a", 1)
+    b = side(tmp_path / "b", "b", 1, 'raise RuntimeError("the new code is broken")')
+    out = tmp_path / "out"
+    result = bench("ab", suite, "--base", a, "--new", b, "--out", out, *ONE_SET, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stderr
+    case = ABDoc.model_validate(json.loads((out / "ab.json").read_text(encoding="utf-8"))).cases[0]
+    assert case.verdict == "failed" and case.error is not None and case.error.startswith("new:")
+    assert "the new code is broken" in case.error
+
+
+def test_a_side_built_in_a_shared_process_imports_its_own_file_and_leaves_no_module_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.session import SideCode
+
+    monkeypatch.chdir(tmp_path)  # building a side enters its directory
+
+    for name in ("a", "b"):
+        (tmp_path / name / "pkg").mkdir(parents=True)
+        (tmp_path / name / "pkg" / "__init__.py").write_text("", encoding="utf-8")
+        (tmp_path / name / "pkg" / "which.py").write_text(f"SIDE = {name!r}\n", encoding="utf-8")
+    built = []
+    for name in ("a", "b"):
+        code = SideCode(name, str(tmp_path / name))
+
+        def factory() -> Any:
+            import importlib
+
+            return importlib.import_module("pkg.which")
+
+        built.append(code.build(factory))
+        assert "pkg" not in sys.modules and "pkg.which" not in sys.modules
+        assert str(tmp_path / name) not in sys.path
+    assert [m.SIDE for m in built] == ["a", "b"]
 
 
 def test_a_side_under_another_interpreter_starts_a_fresh_one_in_every_launch(tmp_path: Path) -> None:

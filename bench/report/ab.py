@@ -93,9 +93,11 @@ def markdown(doc: ABDoc) -> str:
     return "\n".join(lines)
 
 
-START = {"server": "forked back to back from a fresh server of their own",
-         "interpreters": "a fresh interpreter each",
-         None: "forked from one server for the whole run: launches repeat one draw of a process's luck"}
+START = {"shared": "one process holding both sides' models, each from its own side's code, so a process's "
+                   "speed is common to both",
+         "server": "a process per side, forked back to back from a fresh server of their own",
+         "interpreters": "a fresh interpreter per side",
+         None: "a process per side, forked from one server for the whole run (files written before 2026-12-02)"}
 
 
 def _figure(case: ABCaseRecord, threshold: float) -> dict[str, Any]:
