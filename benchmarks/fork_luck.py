@@ -1,5 +1,4 @@
-"""Is a process's speed luck shared by all forks of one server? (Until 2026-12-02 bench ab forked
-every launch's processes from one forkserver per invocation; it now starts a fresh one per launch.)
+"""Is a process's speed luck shared by all forks of one server, or drawn afresh by every fork?
 
 S servers (fresh interpreters that import torch), each forking K children; every child builds the
 same model (a 256-wide MLP of BLOCKS linear blocks, batch 64, SGD), warms up, and then all S*K
@@ -7,10 +6,12 @@ children take turns, in a fresh random order every round, timing TRIAL seconds o
 trial's speed is divided by the round's median (the machine's drift), and each child's luck is the
 median of those over rounds. Prints the spread of luck between children of one server and between
 servers (one-way ANOVA on child lucks, servers as groups). The children of one server are forked
-back to back from the same parent state, as a forkserver's are. MODE = plain (as bench ab forks) or
-pad (each child maps a random number of pages and mallocs a random few KiB before building).
+back to back from the same parent state, as a forkserver's are; WARMUP = sequential (default: one
+server at a time, each child built and warmed up before the next fork, as bench ab's processes
+are) or together (a server's children warm up at once). MODE = plain, or pad (each child maps a
+random number of pages and mallocs a random few KiB before building).
 
-    python benchmarks/fork_luck.py MODE [S K ROUNDS TRIAL BLOCKS]    (the README: plain 3 4 6 0.3 42, then pad)
+    python benchmarks/fork_luck.py MODE [S K ROUNDS TRIAL BLOCKS [WARMUP]]    (the README: plain 4 4 8 0.2 42)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 SERVER = r'''
 import json, mmap, multiprocessing as mp, os, random, sys, time
 import torch
-mode, k, blocks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+mode, k, blocks, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
 def child(conn):
     keep = []
@@ -69,8 +70,12 @@ for i in range(k):
         child(pairs[i][1])
         os._exit(0)
     pids.append(pid)
-for a in pipes:
-    a.recv()
+    if warmup == "sequential":
+        pipes[i].recv()  # built and warmed up before the next fork, as bench ab's processes are
+if warmup != "sequential":
+    for a in pipes:
+        a.recv()
+print("ready", flush=True)
 # Relay: stdin lines "i seconds" -> child i; answers on stdout.
 for line in sys.stdin:
     i, seconds = line.split()
@@ -90,8 +95,15 @@ def main() -> None:
     s, k, rounds, trial, blocks = (int(sys.argv[2]) if len(sys.argv) > 2 else 4, int(sys.argv[3]) if len(sys.argv) > 3 else 4,
                                    int(sys.argv[4]) if len(sys.argv) > 4 else 6, float(sys.argv[5]) if len(sys.argv) > 5 else 0.3,
                                    int(sys.argv[6]) if len(sys.argv) > 6 else 42)
-    servers = [subprocess.Popen([sys.executable, "-c", SERVER, mode, str(k), str(blocks)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, bufsize=1) for _ in range(s)]
+    warmup = sys.argv[7] if len(sys.argv) > 7 else "sequential"
+    servers = []
+    for _ in range(s):
+        # One server at a time, each warming its children one after the other (sequential), so no
+        # two processes warm up at once (as bench ab); "together" warms a server's children at once.
+        p = subprocess.Popen([sys.executable, "-c", SERVER, mode, str(k), str(blocks), warmup], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert p.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        servers.append(p)
     speeds: dict[tuple[int, int], list[float]] = {(a, b): [] for a in range(s) for b in range(k)}
     rng = random.Random(1)
     for _ in range(rounds):
@@ -115,7 +127,7 @@ def main() -> None:
     f, p = stats.f_oneway(*groups)
     means = [statistics.fmean(g) for g in groups]
     within = statistics.fmean(statistics.stdev(g) for g in groups)
-    print(json.dumps({"mode": mode, "servers": s, "children": k, "rounds": rounds, "trial_s": trial,
+    print(json.dumps({"mode": mode, "warmup": warmup, "servers": s, "children": k, "rounds": rounds, "trial_s": trial,
                       "server_means": [round(m, 3) for m in means],
                       "children_luck": [[round(x, 3) for x in g] for g in groups],
                       "sd_between_server_means": round(statistics.stdev(means), 4),
