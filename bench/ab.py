@@ -1,23 +1,23 @@
 """``bench ab``: two versions of a user's code, measured in alternation, case by case, with three
 answers (``bench.pairs``).
 
-A case is measured in *launches*. A launch starts a fresh interpreter that imports torch and forks
-both sides' processes from one state (or, under ``--base-python``/``--new-python``, a fresh
-interpreter per side: ``bench.side_worker``); each builds the model and warms up, and the
-coordinator then asks them in turn for short measurements (a *half*: a few windows of about 50
-ms): base then new or new then base, balanced and seeded (``pairs.pair_orders``). Such a *pair*
-sees one state of a machine whose speed drifts by 10-30% over minutes; only one side runs at a
-time. After ``pairs_per_launch`` pairs both processes end.
+A case is measured in *launches*. By default a launch is one process, forked from a server that
+imported torch once for the run, that builds both sides' models, each from its own side's code
+(``bench.session.serve_sides``); with ``--separate-processes``, or when the shared process fails,
+each side gets a process of its own, both forked back to back from a fresh server per launch; under
+``--base-python``/``--new-python``, a fresh interpreter per side (``bench.side_worker``). Both
+sides build and warm up, and the coordinator then asks them in turn for short measurements (a
+*half*: a few windows of about 50 ms): base then new or new then base, balanced and seeded
+(``pairs.pair_orders``). Such a *pair* sees one state of a machine whose speed drifts by 10-30%
+over minutes; only one side runs at a time. After ``pairs_per_launch`` pairs the launch ends.
 
-Why launches, not one long-lived process per side: on this project's 2-core VM, a process's speed
-depends by 5-20% on the state it starts from (forks of one state share it, separate interpreters
-do not: the README's *Launches and pairs*), a different amount for every start and stable for the life of the process (`bench
-aa` with one process per side flagged "regressions" and "improvements" of 12-18% and confirmed them
-with fresh pairs from the same processes). Pairs of one launch share it, so they are not independent
-samples of the code's effect: a launch's change is the median of its pairs' log ratios, and the
-inference is over launches (Hodges-Lehmann with its Wilcoxon interval), so a process's luck widens
-the interval instead of becoming a verdict. That needs the launches to be independent draws, hence
-a fresh server per launch (``_run_case``'s ``launch``).
+Why one process for both sides: on this project's 2-core VM a process often has a speed of its
+own, 5-8% apart from its siblings' at some hours and kept for its whole life, and models in one
+process share it (the README's *Launches and pairs*). In one process it cancels in every pair; in
+two, it is the largest noise there is. The unit of inference is still the *launch*: its change is
+the median of its pairs' log ratios, and the inference is over launches (Hodges-Lehmann with its
+Wilcoxon interval), so whatever a process might still add widens the interval instead of becoming
+a verdict.
 
 A case takes launches until they answer (``pairs.answer``: looked at after ``min_launches`` and
 then every ``check_every``) or its budget (``max_launches`` or ``max_time`` seconds) runs out. A case
