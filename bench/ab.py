@@ -134,40 +134,39 @@ class _Silent:
 # --- starting a side's case process ----------------------------------------------------------------
 
 
-def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) -> Worker:
-    """Start ``side``'s case process for ``case`` as a fork of ``launcher``'s server, which has
-    imported torch and bench already (``bench.preload``). For sides under this interpreter."""
-    from bench import worker_entry
+def _fork(launcher: CaseLauncher, target: Callable[..., None], *args: Any) -> Worker:
+    """A case process forked from ``launcher``'s server (which has imported torch and bench:
+    ``bench.preload``), serving ``target(conn, payload..., *args)`` over a pipe."""
     from bench.rounds import process_worker
 
     parent, child = launcher.ctx.Pipe(duplex=True)
-    payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
-    proc = launcher.ctx.Process(target=worker_entry.serve_side_main,
-                                args=(child, payload, str(log_path.resolve()), str(side.directory)), daemon=False)
+    proc = launcher.ctx.Process(target=target, args=(child, *args), daemon=False)
     with userpath.safe_path_environ():
         proc.start()
     child.close()
     launcher.adopt(proc.pid)
     return process_worker(proc, parent)
+
+
+def _payload(case: Case) -> dict[str, Any]:
+    return {"id": case.id, "params": case.params_json(), "out_dir": None}
+
+
+def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) -> Worker:
+    """``side``'s own case process for ``case`` (``--separate-processes``, or a shared launch's
+    fallback). For sides under this interpreter."""
+    from bench import worker_entry
+
+    return _fork(launcher, worker_entry.serve_side_main, _payload(case), str(log_path.resolve()), str(side.directory))
 
 
 def fork_both(launcher: CaseLauncher, sides: tuple[Side, Side], case: Case, log_path: Path) -> Worker:
-    """Start a shared launch's process for ``case``: a fork of ``launcher``'s server that builds
-    both sides' models, each from its own side's code, in the order of ``sides``
-    (``bench.session.serve_sides``)."""
+    """A shared launch's process for ``case``: it builds both sides' models, each from its own
+    side's code, in the order of ``sides`` (``bench.session.serve_sides``)."""
     from bench import worker_entry
-    from bench.rounds import process_worker
 
-    parent, child = launcher.ctx.Pipe(duplex=True)
-    payload = {"id": case.id, "params": case.params_json(), "out_dir": None}
-    both = [(side.label, str(side.directory)) for side in sides]
-    proc = launcher.ctx.Process(target=worker_entry.serve_both_main,
-                                args=(child, payload, str(log_path.resolve()), both), daemon=False)
-    with userpath.safe_path_environ():
-        proc.start()
-    child.close()
-    launcher.adopt(proc.pid)
-    return process_worker(proc, parent)
+    return _fork(launcher, worker_entry.serve_both_main, _payload(case), str(log_path.resolve()),
+                 [(side.label, str(side.directory)) for side in sides])
 
 
 @dataclass

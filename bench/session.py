@@ -162,6 +162,13 @@ def _failure(exc: BaseException) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(exc))[-8000:]}
 
 
+def _trial(session: CaseSession, request: dict[str, Any]) -> dict[str, Any]:
+    """Answer a ``trial`` request (``bench.rounds``, ``bench.ab``)."""
+    windows, steps = request.get("windows"), request.get("steps_per_window")
+    return session.trial(float(request["seconds"]), bool(request.get("collect")), None if windows is None else int(windows),
+                         None if steps is None else int(steps), int(request.get("rewarm") or 0))
+
+
 def serve(session_factory: Callable[[], CaseSession], receive: Callable[[], dict[str, Any]],
           send: Callable[[dict[str, Any]], None]) -> None:
     """The request loop of a case: build and prepare, then answer ``trial`` and ``finish`` until
@@ -176,10 +183,7 @@ def serve(session_factory: Callable[[], CaseSession], receive: Callable[[], dict
         request = receive()
         try:
             if request["op"] == "trial":
-                windows, steps = request.get("windows"), request.get("steps_per_window")
-                send(session.trial(float(request["seconds"]), bool(request.get("collect")),
-                                   None if windows is None else int(windows), None if steps is None else int(steps),
-                                   int(request.get("rewarm") or 0)))
+                send(_trial(session, request))
             else:
                 send(session.finish())
                 return
@@ -244,10 +248,7 @@ def serve_sides(factory: Callable[[], CaseSession], sides: list[SideCode], recei
         label = request["side"]
         try:
             by_label[label].enter()
-            windows, steps = request.get("windows"), request.get("steps_per_window")
-            send({**sessions[label].trial(float(request["seconds"]), False, None if windows is None else int(windows),
-                                          None if steps is None else int(steps), int(request.get("rewarm") or 0)),
-                  "side": label})
+            send({**_trial(sessions[label], {**request, "collect": False}), "side": label})
         except BaseException as exc:
             send({**_failure(exc), "side": label})
             return
@@ -263,7 +264,8 @@ def _redirect_output(log_path: str | None) -> None:
         os.close(fd)
 
 
-def _single_process_factory(payload: dict[str, Any]) -> Callable[[], CaseSession]:
+def single_process_factory(payload: dict[str, Any]) -> Callable[[], CaseSession]:
+    """What builds a cpu, cuda or dp case's session from its payload (in its own process)."""
     def factory() -> CaseSession:
         params = CaseParams.model_validate(payload["params"])
         device, batch, wrap, threads, warnings = single_process_setup(params)
@@ -279,7 +281,7 @@ def serve_both_sides(payload: dict[str, Any], conn: Connection, log_path: str | 
     (``sides``: label and code directory, in the order they are built)."""
     _redirect_output(log_path)
     try:
-        serve_sides(_single_process_factory(payload), [SideCode(label, d) for label, d in sides], conn.recv, conn.send)
+        serve_sides(single_process_factory(payload), [SideCode(label, d) for label, d in sides], conn.recv, conn.send)
     except (EOFError, OSError):
         pass  # the coordinator went away (interrupted, or done with this launch)
     finally:
@@ -292,7 +294,7 @@ def serve_process(payload: dict[str, Any], conn: Connection, log_path: str | Non
     """Entry point of a single-process case (cpu, cuda, dp) in rounds."""
     _redirect_output(log_path)
     try:
-        serve(_single_process_factory(payload), conn.recv, conn.send)
+        serve(single_process_factory(payload), conn.recv, conn.send)
     except (EOFError, OSError):
         pass  # the coordinator went away (interrupted): nothing left to answer
     finally:

@@ -38,7 +38,6 @@ def main() -> None:
         # parallel, while building and warming up happen one side after the other.
         import bench.preload  # noqa: F401
         from bench import session, userpath, worker
-        from bench.suite import CaseParams
 
         userpath.forget_safe_path()
         side_dir = os.getcwd()
@@ -49,13 +48,7 @@ def main() -> None:
                    "version": sys.version.split()[0]})
         payload: dict[str, Any] = conn.recv()
 
-        def factory() -> session.CaseSession:
-            params = CaseParams.model_validate(payload["params"])
-            device, batch, wrap, threads, warnings = worker.single_process_setup(params)
-            return session.CaseSession(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
-                                       threads=threads, warnings=warnings)
-
-        session.serve(factory, conn.recv, conn.send)
+        session.serve(session.single_process_factory(payload), conn.recv, conn.send)
     except (EOFError, OSError):
         pass  # the coordinator went away (interrupted, or done with this side): nothing to answer
     finally:
