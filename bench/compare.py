@@ -264,6 +264,7 @@ class _Pending:
     unit: str = "value"
     floor: float | None = None
     raw: tuple[float, float] | None = None  # raw medians (base, new) when the values are relative
+    note: str = ""  # why relative throughput was not used though both runs had it
 
 
 def _inconclusive(case_id: str, rule: Rule, why: str, base: float = math.nan, new: float = math.nan,
@@ -289,6 +290,14 @@ def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, 
     b_samples, n_samples = np.asarray(spec.samples(b_case, unit)), np.asarray(spec.samples(n_case, unit))
     raw: tuple[float, float] | None = None
     relative = [_relative(c) for c in (b_case, n_case)] if rule.metric == "throughput" and unit == "trials" else []
+    sources = (_reference_source(b_case), _reference_source(n_case))
+    note = ""
+    if relative and relative[0] and relative[1] and sources[0] != sources[1]:
+        # A companion runs at the case's thread count, the round's reference at the machine's: the
+        # two ratios are different quantities, so only raw throughput compares.
+        note = (f" Compared raw: the runs measured the machine-speed reference in different places "
+                f"({base.label}: {_SOURCE_WORDS[sources[0]]}; {new.label}: {_SOURCE_WORDS[sources[1]]}).")
+        relative = []
     if relative and relative[0] and relative[1]:
         # Both runs measured the machine-speed reference in every round: the test, the change and
         # the noise floor use throughput relative to it, in which the drift common to both cancels.
@@ -312,7 +321,18 @@ def _prepare(case_id: str, rule: Rule, base: Run, new: Run, b_case: CaseRecord, 
     pairs.append((b_samples, n_samples))
     floor = (calibration.floor(case_id) if calibration is not None
              else own_floor(b_samples, n_samples) if unit == "trials" else None)
-    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1, unit, floor, raw)
+    return _Pending(case_id, rule, b_value, n_value, n[0], n[1], len(pairs) - 1, unit, floor, raw, note)
+
+
+_SOURCE_WORDS = {"case": "in the case's own process", "round": "in a process of its own each round",
+                 "mixed": "in both places"}
+
+
+def _reference_source(case: CaseRecord) -> str:
+    """Where the case's references were measured (``bench.reference``); results written before
+    companions measured them in the round only."""
+    sources = {t.reference_source or "round" for t in case.trials or [] if t.reference is not None}
+    return sources.pop() if len(sources) == 1 else "mixed"
 
 
 def _relative(case: CaseRecord) -> list[float] | None:
@@ -386,7 +406,8 @@ def compare_runs(base: Run, new: Run, rules: Sequence[Rule | str] | None = None,
         if item.raw is not None:
             raw_change = item.raw[1] / item.raw[0] - 1
             message += (f" Raw throughput {item.raw[0]:,.4g} to {item.raw[1]:,.4g} samples/s ({pct(raw_change)}); "
-                        f"the relative figure divides each trial by the machine-speed reference of its round.")
+                        f"the relative figure divides each trial by the machine-speed reference measured with it.")
+        message += item.note
         rows.append(MetricComparison(
             item.case_id, item.rule.metric, item.base, item.new, change, ci, p, verdict, message,
             str(item.rule), item.n_base, item.n_new, p_raw, item.unit, item.floor, item.raw is not None, raw_change))
@@ -501,9 +522,9 @@ def to_markdown(comparison: Comparison) -> str:
              f"(made at different times); each test's samples are the cases' trials"
              + (", or for version-1 results the windows of one stretch, which understate run-to-run noise"
                 if any(r.unit == "windows" for r in c.rows) else "") + "." + floor_text
-             + (" Throughput is compared relative to the machine-speed reference measured in every round of both "
-                "runs (each trial over the reference's throughput in its round), which cancels most of the drift "
-                "between the runs; the raw change is shown beside it." if any(r.relative for r in c.rows) else "")
+             + (" Throughput is compared relative to the machine-speed reference measured with every trial of "
+                "both runs (in a CPU case's own process right after the trial, otherwise in the same round), which "
+                "cancels most of the drift between the runs; the raw change is shown beside it." if any(r.relative for r in c.rows) else "")
              + "".join(f" `{r.metric}` has one value per run and is judged by the ratio alone."
                        for r in c.rules if r.spec.samples_key is None), ""]
     if c.env_differences:

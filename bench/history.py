@@ -1,10 +1,12 @@
 """`bench history`: every case's throughput across many runs, ordered by time and labelled with the
 git commit, with change points marked, on one self-contained HTML page (and as JSON for CI).
 
-Values: a case's throughput *relative to the machine-speed reference* of each round
-(``bench.reference``) where every run of the series measured one, since runs made at different
-times see different machine speeds and the reference cancels most of that; raw throughput
-otherwise (older results), and the page and the JSON say which.
+Values: a case's throughput *relative to the machine-speed reference* measured with each of its
+trials (``bench.reference``: in a CPU case's own process, otherwise in the same round) where every
+run of the series measured one in the same place, since runs made at different times see different
+machine speeds and the reference cancels most of that; raw throughput otherwise (older results, or
+a series that spans the change from the round's reference to companions), and the page and the
+JSON say which.
 
 Change points are found in two steps, as Apache Otava does (a segmentation, then a test of each
 split against the noise). Candidates: PELT (``ruptures``, an exact penalised segmentation) on the log of each run's
@@ -74,6 +76,7 @@ class Point:
     ci95: tuple[float, float] | None
     raw: float = 0.0  # raw throughput, samples/s
     relative: float | None = None  # throughput over the machine-speed reference, when measured
+    relative_source: str | None = None  # where that reference was measured: case, round or mixed
 
 
 @dataclass(frozen=True)
@@ -276,10 +279,13 @@ def load_history(root: Path, metric: str = "throughput", *, skip_invalid: bool =
             points.setdefault((case.id, key), []).append(Point(
                 order, run.label, str(run.path), _time(run).isoformat(), commit_label(run), value,
                 (float(ci[0]), float(ci[1])) if ci and ci[0] is not None and ci[1] is not None else None,
-                raw=value, relative=rel.median if rel is not None else None))
+                raw=value, relative=rel.median if rel is not None else None,
+                relative_source=(rel.source or "round") if rel is not None else None))
     series = []
     for (case_id, key), pts in points.items():
-        relative = all(p.relative is not None for p in pts)
+        # Ratios to references measured in different places are different quantities (a companion
+        # runs at the case's thread count): relative only where every run's came from one source.
+        relative = all(p.relative is not None for p in pts) and len({p.relative_source for p in pts}) == 1
         if relative:
             pts = [replace(p, value=p.relative, ci95=None) for p in pts if p.relative is not None]
         given = calibration.floor(case_id) if calibration is not None else None
@@ -395,8 +401,8 @@ td,th{border-bottom:1px solid #ddd;padding:.2rem .6rem;text-align:left}.cp{color
 </head><body>
 <h1>Throughput history</h1>
 <p>{{ runs }} run(s) under <code>{{ root }}</code>, oldest first; {{ series | length }} series.
-Values are throughput relative to the machine-speed reference measured in every round where every run of a
-series has it (the drift common to the reference and the case cancels; a change that slows both, such as a
+Values are throughput relative to the machine-speed reference measured with every trial (in a CPU case's own
+process) where every run of a series has it, measured in the same place (the drift common to the reference and the case cancels; a change that slows both, such as a
 torch upgrade, shows in the raw throughput drawn beside it), raw throughput otherwise. Change points (✕;
 open: tentative, fewer than {{ confirm }} runs after it) mark where a new level starts: PELT candidates
 moved to commit boundaries (runs of one commit are repeats), each kept only when the levels' runs differ

@@ -128,6 +128,12 @@ class RelativeThroughput(Record):
     ci95: list[Positive] = Field(min_length=2, max_length=2, description="95% order-statistic interval over rounds.")
     trials: int = Field(ge=1, description="Rounds the ratio rests on.")
     unit: str = "x reference"
+    source: Literal["case", "round", "mixed"] | None = Field(
+        default=None, description="Where the references were measured (the trials' `reference_source`): `case`, "
+                                  "in the case's own process; `round`, in the reference's own process; `mixed`, "
+                                  "both. Ratios of different sources are not comparable: `bench compare` and "
+                                  "`bench history` compare relative throughput only between equal sources. "
+                                  "Null in results written before companions, which are `round`.")
 
 
 class Metrics(Record):
@@ -188,6 +194,11 @@ class TrialRecord(Record):
     windows: list[Positive] = Field(description="Per-window throughput, samples/s, warm-up included.")
     reference: Positive | None = Field(
         default=None, description="The machine-speed reference's throughput in the same round, samples/s.")
+    reference_source: Literal["case", "round"] | None = Field(
+        default=None, description="Where `reference` was measured: `case`, in the case's own process right after "
+                                  "this trial (a CPU case's companion); `round`, in the reference's own process "
+                                  "in the same round. Null without a reference, or in results written before "
+                                  "companions, which are `round`.")
 
 
 class CollectorRecord(Record):

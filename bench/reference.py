@@ -17,6 +17,17 @@ kept and shown, and the fingerprint still separates machines.
 Its trial is sized to a small share of the round (``SHARE`` of the cases' trial time, at least
 ``MIN_SECONDS`` so that it has windows to take a median of) and runs on the CPU; on GPU cases it
 indexes the host's speed, not the GPU's.
+
+**A companion in every CPU case's own process.** On this machine a process often has a speed of its
+own for its whole life (forks of one server differed by 5-8% at some hours, NOISE.md "Process
+luck"), and two models inside one process share it (``bench ab``'s shared launches). A reference in
+a process of its own carries a luck of its own, different in every run, and dividing by it moved
+the cases of a run together (history_drift.py: the reference ranged over a factor of two across
+nine runs). So every CPU case's process also builds the reference's step and measures it right
+after each of its trials (``companion_seconds``): that trial's relative throughput divides out the
+process's luck as well as the machine's moment. The round's own reference stays: the run's speed
+index, and the reference of cases that cannot hold a companion (GPU, DataParallel, torchrun-launched
+ranks). Each trial records which one it was divided by (``reference_source``).
 """
 
 from __future__ import annotations
@@ -47,6 +58,28 @@ def trial_seconds(cases: Sequence[Case]) -> float:
     """The reference's trial: a small share of a round of ``cases``, within bounds."""
     total = sum(c.params.measure.trial_seconds for c in cases)
     return min(MAX_SECONDS, max(MIN_SECONDS, SHARE * total))
+
+
+COMPANION_SHARE = 0.1
+COMPANION_MIN_SECONDS = 0.05
+COMPANION_WINDOW_TIME = 0.025
+COMPANION_REWARM_STEPS = 5
+
+
+def companion_seconds(case: Case) -> float | None:
+    """The companion reference's trial in ``case``'s process, or None where the case cannot hold
+    one: only CPU cases, whose speed the CPU reference indexes and whose process is the case's own
+    (a GPU case's host-side reference would index the host, not the GPU; a torchrun-launched case
+    has a process per rank)."""
+    if case.params.mode != "cpu":
+        return None
+    return min(MAX_SECONDS, max(COMPANION_MIN_SECONDS, COMPANION_SHARE * case.params.measure.trial_seconds))
+
+
+def companion_params() -> CaseParams:
+    """The reference's training step as a companion builds it (shorter windows: its trials are short)."""
+    return CaseParams.model_validate({**PARAMS, "measure": {**PARAMS["measure"],  # type: ignore[dict-item]
+                                                            "window_time": COMPANION_WINDOW_TIME}})
 
 
 def reference_case(cases: Sequence[Case]) -> Case:

@@ -126,12 +126,15 @@ class CaseState:
 # --- starting case processes ----------------------------------------------------------------------
 
 
-def start_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path) -> Worker:
-    """A forked case process serving trials (``bench.session.serve_process``)."""
+def start_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_path: Path,
+                  companion_s: float | None = None) -> Worker:
+    """A forked case process serving trials (``bench.session.serve_process``); with ``companion_s``,
+    it measures the machine-speed reference that long after each trial (``bench.reference``)."""
     from bench import worker_entry
 
     parent, child = launcher.ctx.Pipe(duplex=True)
-    payload = {"id": case.id, "params": case.params_json(), "out_dir": str(out_dir) if out_dir else None}
+    payload = {"id": case.id, "params": case.params_json(), "out_dir": str(out_dir) if out_dir else None,
+               "companion_s": companion_s}
     proc = launcher.ctx.Process(target=worker_entry.serve_main, args=(child, payload, str(log_path)), daemon=False)
     with userpath.safe_path_environ():  # should this start the case server (bench.userpath)
         proc.start()
@@ -245,11 +248,15 @@ ESTIMATOR = "median of trial medians; 95% order-statistic interval over trials"
 def trial_record(answer: dict[str, Any], round_: int, position: int, origin: float, repeat: int) -> dict[str, Any]:
     """One trial as results.json keeps it, its warm-up trimmed and its drift measured."""
     trial = stats.trial_from_windows(round_, position, answer["start"], answer["window_throughput"])
-    return {"round": round_, "position": position, "start_s": answer["start"] - origin, "repeat": repeat,
-            "median": trial.median, "trimmed": trial.trimmed, "drift": trial.drift, "stable": trial.stable,
-            "windows": list(trial.windows), "window_s": answer["window_s"],
-            "local_window_s": answer.get("local_window_s") or answer["window_s"],
-            "step_time_ms": answer["step_time_ms"], "steps": answer["steps"], "step_source": answer["step_source"]}
+    record = {"round": round_, "position": position, "start_s": answer["start"] - origin, "repeat": repeat,
+              "median": trial.median, "trimmed": trial.trimmed, "drift": trial.drift, "stable": trial.stable,
+              "windows": list(trial.windows), "window_s": answer["window_s"],
+              "local_window_s": answer.get("local_window_s") or answer["window_s"],
+              "step_time_ms": answer["step_time_ms"], "steps": answer["steps"], "step_source": answer["step_source"]}
+    if answer.get("reference_windows"):  # the companion reference, measured in the case's process
+        companion = stats.trial_from_windows(round_, position, answer["start"], answer["reference_windows"])
+        record.update(reference=companion.median, reference_source="case")
+    return record
 
 
 def run_round(states: list[CaseState], order: list[str], round_: int, origin: float, *, collect: bool,
@@ -286,11 +293,18 @@ def stop_workers(state: CaseState) -> None:
 
 
 def finish(state: CaseState) -> None:
-    """The collectors' extra work, in the case's first process, then every process of it ends."""
+    """The collectors' extra work, in the case's first process, then every process of it ends. A
+    failure there costs the collectors' results, never the measured trials."""
     if state.status == "ok" and state.workers:
         answer = state.workers[0].request({"op": "finish"}, timeout=state.case.params.timeout)
         if answer.get("status") == "ok":
             state.final = answer
+        elif state.trials and answer.get("status") == "failed":
+            # Every trial is measured and kept; only the collectors' extra work after them failed
+            # (a profiler window, the FLOP count; a native crash in a profiled window of a gloo
+            # rank has been seen here). The measurement stands, and the record says what is missing.
+            state.final = {"warnings": [f"the collectors' work after the last trial failed, so their results are "
+                                        f"missing (the throughput measurement is complete): {answer.get('error')}"]}
         else:
             state.fail(answer)
     stop_workers(state)
@@ -342,7 +356,9 @@ def case_result(state: CaseState) -> dict[str, Any]:
     relative = None
     if len(ratios) >= 2:
         rel = stats.estimate(ratios)
-        relative = {"median": rel.point, "ci95": [rel.low, rel.high], "trials": len(ratios)}
+        sources = {t.get("reference_source") or "round" for t in trials if t.get("reference")}
+        relative = {"median": rel.point, "ci95": [rel.low, rel.high], "trials": len(ratios),
+                    "source": sources.pop() if len(sources) == 1 else "mixed"}
     metrics: dict[str, Any] = {
         "throughput": {"median": est.point, "mean": sum(medians) / len(medians),
                        "ci95": [est.low, est.high], "ci_rel_half_width": None if math.isinf(half) else half,
@@ -380,7 +396,8 @@ def case_result(state: CaseState) -> dict[str, Any]:
                     "step_time_ms": steps_ms, "local_window_s": [w for t in trials for w in t["local_window_s"]],
                     "window_trial": [i for i, t in enumerate(trials) for _ in t["windows"]]},
         "trials": [{**{k: t[k] for k in ("round", "position", "start_s", "repeat", "median", "trimmed", "drift",
-                                        "stable", "windows")}, "reference": t.get("reference")} for t in trials],
+                                        "stable", "windows")}, "reference": t.get("reference"),
+                    "reference_source": t.get("reference_source")} for t in trials],
         "collectors": collectors,
     }
     for key in ("ranks", "backend"):

@@ -271,10 +271,13 @@ def _restore(state: CaseState, record: CaseRecord) -> None:
                              "step_source": (record.metrics.step_time_ms.source if record.metrics else None) or "per_step"})
 
 
-def _starter(launcher: CaseLauncher, state: CaseState, out_dir: Path, cluster: Cluster) -> Callable[[int], Worker]:
+def _starter(launcher: CaseLauncher, state: CaseState, out_dir: Path, cluster: Cluster,
+             log: RoundsInfo) -> Callable[[int], Worker]:
     case = state.case
     if case.params.mode not in LAUNCHED_MODES:
-        return lambda i: start_process(launcher, case, out_dir, state.log_path)
+        measured = log.reference is not None and log.reference.error is None
+        companion = reference_mod.companion_seconds(case) if measured else None
+        return lambda i: start_process(launcher, case, out_dir, state.log_path, companion)
     return lambda i: start_torchrun(case, cluster, out_dir / "ranks" / case.id / f"process{i}", state.log_path, out_dir)
 
 
@@ -418,7 +421,7 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
         if reason is not None:
             state.status, state.error = "skipped", reason
         else:
-            start_case(state, _starter(launcher, state, out_dir, cluster), state.case.params.repeats)
+            start_case(state, _starter(launcher, state, out_dir, cluster, log), state.case.params.repeats)
         if state.status == "ok":
             live.append(state)
         else:
@@ -486,7 +489,8 @@ def _start_reference(group: list[CaseState], launcher: CaseLauncher, out_dir: Pa
 
 def _index_round(ref: CaseState, live: list[CaseState], log: RoundsInfo) -> None:
     """Give the round just run its machine-speed index: the reference's trial, recorded in the run
-    and on every case's trial of that round. A reference that failed is dropped, with its reason."""
+    and on every trial of that round that has no reference of its own (a companion's, measured in
+    the case's process). A reference that failed is dropped, with its reason."""
     info = log.reference
     assert info is not None
     if ref.status != "ok":
@@ -501,8 +505,8 @@ def _index_round(ref: CaseState, live: list[CaseState], log: RoundsInfo) -> None
         t.index = t.median / middle
     for state in live:
         for trial in state.trials:
-            if trial["round"] == log.completed:
-                trial["reference"] = last["median"]
+            if trial["round"] == log.completed and trial.get("reference_source") != "case":
+                trial.update(reference=last["median"], reference_source="round")
 
 
 def _run_follower(suite: Suite, cluster: Cluster, obs: Observer) -> RunOutcome:

@@ -32,6 +32,35 @@ from bench.training import CompileFailed, compiler_error, graph_breaks
 from bench.worker import Skip, build_step, describe_error, peak_rss_mb, single_process_setup
 
 
+class CompanionReference:
+    """The machine-speed reference's training step built in a case's own process and measured right
+    after each of the case's trials (``bench.reference``: why), on the CPU at the case's thread
+    count. It shares the process's luck with the case, so the trial's ratio of the two cancels it."""
+
+    def __init__(self, seconds: float) -> None:
+        from bench import reference
+
+        self.params = reference.companion_params()
+        self.seconds = seconds
+        self.step, _ = build_step(self.params, torch.device("cpu"), self.params.batch_size)
+        self.steps_per_window = 0
+
+    def prepare(self) -> None:
+        m = self.params.measure
+        self.steps_per_window = calibrate(self.step, m.warmup_steps, m.window_time).steps_per_window
+
+    def trial(self) -> list[float]:
+        """Its windows' throughput, after a few untimed steps: the case's trial has just evicted
+        the reference's weights from the caches."""
+        from bench.reference import COMPANION_REWARM_STEPS
+
+        for _ in range(COMPANION_REWARM_STEPS):
+            self.step()
+        result = run_trial(self.step, self.steps_per_window, self.params.batch_size, self.seconds,
+                           step_times=False, min_windows=self.params.measure.min_windows)
+        return list(result.window_throughput)
+
+
 class CaseSession:
     """One process's share of a case (the whole case, or one rank of a DDP case), built and warmed
     up, measuring trials on request. ``batch`` is what this process feeds its model per step,
@@ -40,7 +69,7 @@ class CaseSession:
     def __init__(self, params: CaseParams, device: torch.device, payload: dict[str, Any], *, batch: int,
                  samples_per_step: int, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None,
                  threads: int, warnings: list[str], rank: int = 0,
-                 agree: Callable[[float], float] | None = None) -> None:
+                 agree: Callable[[float], float] | None = None, companion_s: float | None = None) -> None:
         self.params = params
         self.device = device
         self.batch = batch
@@ -68,6 +97,13 @@ class CaseSession:
         # This process's own view over all trials (under DDP each rank's, for its rank summary).
         self.local_window_s: list[float] = []
         self.step_ms: list[float] = []
+        # Built after the case's model, so the case's own memory layout is what it would be alone.
+        self.companion: CompanionReference | None = None
+        if companion_s and device.type == "cpu":
+            try:
+                self.companion = CompanionReference(companion_s)
+            except Exception as exc:  # the reference is an aid: the case is measured without it
+                self.warnings.append(f"machine-speed reference not measured in this process: {describe_error(exc)}")
 
     def compile(self) -> dict[str, Any]:
         """Compile before the warm-up: torch.compile compiles on the model's first call, so one
@@ -95,6 +131,12 @@ class CaseSession:
         compiled = self.compile()
         cal = calibrate(self.step, m.warmup_steps, m.window_time, self.sync, agree=self.agree)
         self.steps_per_window = cal.steps_per_window
+        if self.companion is not None:
+            try:
+                self.companion.prepare()
+            except Exception as exc:
+                self.companion = None
+                self.warnings.append(f"machine-speed reference not measured in this process: {describe_error(exc)}")
         return {"status": "ready", "device": str(self.device), "threads": self.threads, "build_s": self.build_s,
                 "warmup_s": cal.warmup_seconds, "steps_per_window": cal.steps_per_window,
                 "batch_per_process": self.batch, "warnings": list(self.warnings), **compiled}
@@ -134,10 +176,18 @@ class CaseSession:
                     [s * 1000 / result.steps_per_window for s in result.window_seconds])
         self.local_window_s.extend(result.local_window_seconds)
         self.step_ms.extend(thin(steps_ms, 500))
-        return {"status": "ok", "start": result.window_start[0], "window_s": result.window_seconds,
-                "local_window_s": result.local_window_seconds, "window_throughput": result.window_throughput,
-                "steps": result.steps, "step_time_ms": thin(steps_ms, 500),
-                "step_source": "per_step" if result.step_seconds else "window_mean"}
+        answer = {"status": "ok", "start": result.window_start[0], "window_s": result.window_seconds,
+                  "local_window_s": result.local_window_seconds, "window_throughput": result.window_throughput,
+                  "steps": result.steps, "step_time_ms": thin(steps_ms, 500),
+                  "step_source": "per_step" if result.step_seconds else "window_mean"}
+        if self.companion is not None:  # after the collectors: they watch the case's steps only
+            try:
+                answer["reference_windows"] = self.companion.trial()
+            except Exception:
+                # The round's reference stands in for this trial and the rest (``reference_source``
+                # says so); the case's own trial is unaffected.
+                self.companion = None
+        return answer
 
     def finish(self) -> dict[str, Any]:
         """The collectors' extra, untimed work (profiler windows, the FLOP count) and their records."""
@@ -270,7 +320,7 @@ def single_process_factory(payload: dict[str, Any]) -> Callable[[], CaseSession]
         params = CaseParams.model_validate(payload["params"])
         device, batch, wrap, threads, warnings = single_process_setup(params)
         return CaseSession(params, device, payload, batch=batch, samples_per_step=batch, wrap=wrap,
-                           threads=threads, warnings=warnings)
+                           threads=threads, warnings=warnings, companion_s=payload.get("companion_s"))
 
     return factory
 

@@ -8,7 +8,8 @@ that gives the user model 10% more blocks (40 -> 44) and ``--changed`` runs of i
 history --json` over all the runs. Goal: no change point among the runs of the first commit, the
 planted step found at the first run of the second commit in the user case only.
 
-Prints JSON: the change points found (relative throughput, as `bench history` uses), the raw
+Prints JSON: the change points found (relative throughput, as `bench history` uses: on CPU cases
+over the reference measured in each case's own process, ``bench.reference``), the raw
 throughput's spread over the runs of the first commit, and what the same change-point test finds
 on raw throughput with every run its own commit (as a history without repeats or a reference
 would see it). Asserts nothing. The machine must be otherwise idle.
@@ -51,6 +52,27 @@ def run(repo: Path, out: Path) -> None:
                    cwd=repo, capture_output=True, text=True, check=False)
 
 
+def _round_relative(history: Any) -> dict[str, list[float]]:
+    """Each case's trials over the round reference's throughput in the same round, median per run."""
+    import statistics
+
+    out: dict[str, list[float]] = {}
+    for run in history.runs:
+        ref = run.doc.rounds.reference if run.doc.rounds is not None else None
+        if ref is None:
+            continue
+        medians = {t.round: t.median for t in ref.trials}
+        for case in run.cases:
+            ratios = [t.median / medians[t.round] for t in case.trials or [] if t.round in medians]
+            if ratios:
+                out.setdefault(case.id, []).append(statistics.median(ratios))
+    return out
+
+
+def _spread(values: list[float]) -> float | None:
+    return max(values) / min(values) - 1 if values else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--same", type=int, default=6)
@@ -82,13 +104,19 @@ def main() -> None:
                         "--json", str(listed)], capture_output=True, text=True, check=True)
         found = json.loads(listed.read_text(encoding="utf-8"))
         history = load_history(runs)
+        by_round = _round_relative(history)
         raw: dict[str, Any] = {}
         for s in history.series:
             values = [p.raw for p in s.points]
             first = values[:args.same]
             cps, _ = find_change_points(values, [str(i) for i in range(len(values))])
-            raw[s.case_id] = {"raw_per_run": [round(v, 1) for v in values],
+            raw[s.case_id] = {"reference_source": sorted({str(p.relative_source) for p in s.points}),
+                              "raw_per_run": [round(v, 1) for v in values],
                               "relative_per_run": [round(p.value, 4) for p in s.points] if s.relative else None,
+                              # The same runs divided by the round's own reference process instead
+                              # (what relative throughput was before companions), side by side.
+                              "round_relative_per_run": [round(v, 4) for v in by_round.get(s.case_id, [])],
+                              "round_relative_spread_first_commit": _spread(by_round.get(s.case_id, [])[:args.same]),
                               "spread_first_commit": max(first) / min(first) - 1,
                               "change_points_raw_one_commit_per_run": [(c.index, round(c.change, 4)) for c in cps],
                               "relative_spread_first_commit": (max(p.value for p in s.points[:args.same])

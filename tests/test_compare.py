@@ -341,3 +341,24 @@ def test_markdown_labels_the_comparison_unpaired_and_states_the_smallest_change_
     text = to_markdown(compare_runs(base, new))
     assert "(unpaired)" in text.splitlines()[0]
     assert "smallest change these runs can detect" in text
+
+
+def _referenced(record: dict[str, Any], references: list[float], source: str) -> dict[str, Any]:
+    for trial, reference in zip(record["trials"], references, strict=True):
+        trial.update(reference=reference, reference_source=source)
+    return record
+
+
+def test_relative_throughput_is_compared_only_between_references_measured_in_the_same_place() -> None:
+    # The machine is a fifth slower in the new run: raw throughput falls, the reference with it.
+    base = run("base", [_referenced(case("mlp", noisy(1000, seed=1)), noisy(2000, seed=5), "case")])
+    slower = _referenced(case("mlp", noisy(800, seed=3)), noisy(1600, seed=6), "case")
+    row = compare_runs(base, run("new", [slower])).rows[0]
+    assert row.relative and row.raw_change is not None and row.raw_change < -0.15
+    assert abs(row.change) < 0.05 and row.verdict != "regression"
+    # The same trials, but the new run's references came from the round's own process: a
+    # different ratio, so the comparison falls back to raw throughput and says why.
+    elsewhere = _referenced(case("mlp", noisy(800, seed=3)), noisy(1600, seed=6), "round")
+    row = compare_runs(base, run("new", [elsewhere])).rows[0]
+    assert not row.relative and row.change < -0.15
+    assert "Compared raw: the runs measured the machine-speed reference in different places" in row.message

@@ -188,14 +188,14 @@ def test_a_change_point_with_few_runs_after_it_is_tentative() -> None:
     assert [(c.index, c.tentative) for c in found] == [(6, True)]
 
 
-def _with_reference(doc: dict[str, Any], relative: dict[str, float]) -> dict[str, Any]:
+def _with_reference(doc: dict[str, Any], relative: dict[str, float], source: str | None = None) -> dict[str, Any]:
     for case in doc["cases"]:
         r = relative[case["id"]]
-        case["metrics"]["relative"] = {"median": r, "ci95": [r * 0.98, r * 1.02], "trials": 8}
+        case["metrics"]["relative"] = {"median": r, "ci95": [r * 0.98, r * 1.02], "trials": 8, "source": source}
     return doc
 
 
-def _drifting_history(root: Path, step_in_sgd: float) -> Path:
+def _drifting_history(root: Path, step_in_sgd: float, sources: list[str | None] | None = None) -> Path:
     """Nine runs, one commit each: the machine slows by 20% from the sixth run (raw throughput of
     both cases falls), while throughput relative to the reference holds, except for a planted step
     in the sgd case from the seventh run."""
@@ -207,7 +207,7 @@ def _drifting_history(root: Path, step_in_sgd: float) -> Path:
                       f"r{i}")
         noise = np.exp(rng.normal(0, 0.01, 2))
         sgd = 2.0 * (step_in_sgd if i >= 6 else 1.0) * float(noise[0])
-        _with_reference(doc, {"sgd": sgd, "adam": 1.0 * float(noise[1])})
+        _with_reference(doc, {"sgd": sgd, "adam": 1.0 * float(noise[1])}, (sources or [None] * 9)[i])
         (root / f"run-{i}").mkdir(parents=True)
         (root / f"run-{i}" / "results.json").write_text(json.dumps(doc))
     return root
@@ -234,6 +234,15 @@ def test_a_step_in_one_case_is_found_in_that_case_only_and_listed_in_the_json(tm
     assert cp["run_before"]["commit"] == "r5" * 5 and cp["ci95"][0] < cp["change"] < cp["ci95"][1] < 0
     assert cp["tentative"] is False and cp["runs_after"] == 3
     assert "relative to the machine-speed reference" in out.read_text()
+
+
+def test_a_series_whose_runs_measured_the_reference_in_different_places_is_raw(tmp_path: Path) -> None:
+    # Runs from before companions (the round's reference process) then with them (the case's own
+    # process, at the case's thread count): two different ratios, which must not make a step.
+    found = load_history(_drifting_history(tmp_path / "h", step_in_sgd=1.0, sources=[None] * 4 + ["case"] * 5))
+    assert found.series and not any(s.relative for s in found.series)
+    same = load_history(_drifting_history(tmp_path / "g", step_in_sgd=1.0, sources=["round"] * 4 + [None] * 5))
+    assert all(s.relative for s in same.series)
 
 
 def test_results_without_a_reference_still_load_and_are_labelled_raw(history_dir: Path) -> None:

@@ -129,3 +129,54 @@ def test_effects_pair_cases_within_rounds_and_name_the_cells_that_cannot_be_pair
     assert describe(tanh).startswith("activation: tanh vs relu: +5.0% [+5.0, +5.0] (8 rounds)")
     # Unpaired, the drift (+-30%) would swamp the 10% effect: adam's fastest trial beats sgd's slowest.
     assert max(v * 0.9 for v in sgd.values()) > min(sgd.values())
+
+
+# --- the companion reference: measured in the case's own process ---------------------------------
+
+def test_a_cpu_case_measures_the_reference_in_its_own_process_after_each_trial() -> None:
+    import torch
+
+    from bench import reference
+    from bench.session import CaseSession
+
+    params = CaseParams.model_validate({"model": {"name": "mlp", "kwargs": {"hidden": 32}}, "batch_size": 4,
+                                        "measure": {"warmup_steps": 1, "window_time": 0.01}})
+    session = CaseSession(params, torch.device("cpu"), {}, batch=4, samples_per_step=4, wrap=None, threads=1,
+                          warnings=[], companion_s=0.05)
+    session.prepare()
+    answer = session.trial(0.05, collect=False)
+    # The reference's own windows, at least its minimum, beside the case's: the coordinator takes
+    # their median as this trial's reference, and the case's windows are not mixed with them.
+    assert len(answer["reference_windows"]) >= reference.companion_params().measure.min_windows
+    assert all(w > 0 for w in answer["reference_windows"])
+    assert len(session.local_window_s) == len(answer["window_s"])
+    alone = CaseSession(params, torch.device("cpu"), {}, batch=4, samples_per_step=4, wrap=None, threads=1,
+                        warnings=[])
+    alone.prepare()
+    assert "reference_windows" not in alone.trial(0.05, collect=False)
+
+
+def test_only_cpu_cases_hold_a_companion_sized_to_a_share_of_their_trial() -> None:
+    from bench import reference
+
+    cpu = make_case(trial_time=2.0, max_time=60.0)
+    assert reference.companion_seconds(cpu) == pytest.approx(reference.COMPANION_SHARE * 2.0)
+    short = make_case(trial_time=0.1)
+    assert reference.companion_seconds(short) == reference.COMPANION_MIN_SECONDS
+    gpu = Case("g", CaseParams.model_validate({"model": "mlp", "mode": "cuda"}))
+    assert reference.companion_seconds(gpu) is None
+
+
+def test_a_trial_keeps_its_companion_reference_and_the_record_says_where_it_came_from() -> None:
+    from bench.rounds import trial_record
+
+    answer = {"start": 10.0, "window_throughput": [100.0] * 5, "window_s": [0.04] * 5, "step_time_ms": [1.0],
+              "steps": 5, "step_source": "per_step", "reference_windows": [400.0, 410.0, 390.0]}
+    kept = trial_record(answer, 0, 0, 0.0, 0)
+    assert (kept["reference"], kept["reference_source"]) == (400.0, "case")
+    s = state(make_case(), [100.0] * 6)
+    for t in s.trials:
+        t.update(reference=400.0, reference_source="case")
+    s.trials[0]["reference_source"] = "round"
+    relative = case_result(s)["metrics"]["relative"]
+    assert relative["median"] == pytest.approx(0.25) and relative["source"] == "mixed"

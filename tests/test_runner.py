@@ -127,12 +127,15 @@ def test_cases_take_turns_in_randomized_rounds_that_the_results_record(runner_ru
         assert record.trials is not None
         assert [t.round for t in record.trials] == list(range(rounds["completed"]))
         assert all(rounds["orders"][t.round][t.position] == record.id for t in record.trials)
-        # Each trial knows the reference's throughput in its round; the case's relative throughput
-        # is the median of its trials over those.
+        # Each trial of these CPU cases knows the reference measured in its own process right after
+        # it (a companion, not the round's reference process); the case's relative throughput is
+        # the median of its trials over those.
         by_round = {t["round"]: t["median"] for t in reference["trials"]}
-        assert [t.reference for t in record.trials] == [by_round[t.round] for t in record.trials]
+        assert all(t.reference_source == "case" and t.reference is not None for t in record.trials)
+        assert [t.reference for t in record.trials] != [by_round[t.round] for t in record.trials]
         assert record.metrics is not None and record.metrics.relative is not None
-        ratios = sorted(t.median / by_round[t.round] for t in record.trials)
+        assert record.metrics.relative.source == "case"
+        ratios = sorted(t.median / t.reference for t in record.trials if t.reference is not None)
         assert ratios[0] <= record.metrics.relative.median <= ratios[-1]
         assert record.metrics is not None and record.metrics.trials == len(record.trials)
     # A case whose process died in a trial took no more turns.
@@ -277,3 +280,33 @@ def test_repeats_take_turns_between_processes_and_only_the_first_profiles(tmp_pa
     traces = record.collectors.torch_profiler.traces
     assert traces == [f"profiles/{record.id}/rank0.pt.trace.json.gz"]
     assert sorted(p.name for p in (tmp_path / "out" / "profiles").rglob("*") if p.is_file()) == ["rank0.pt.trace.json.gz"]
+
+
+PROFILED_CRASH_SUITE = """
+name: profiled-crash
+defaults:
+  model: {import: "usermodels:killed_when_profiled", input_shape: [3, 4, 4]}
+  batch_size: 4
+  threads: 1
+  profile: torch
+  profiler: {wait: 0, warmup: 1, active: 1}
+  measure: {warmup_steps: 1, min_time: 0.1, max_time: 0.3, window_time: 0.01}
+  timeout: 60
+matrix:
+  optimizer: [sgd]
+"""
+
+
+def test_a_process_that_dies_in_the_collectors_work_after_its_trials_keeps_its_measurement(tmp_path: Path) -> None:
+    path = tmp_path / "crash.yaml"
+    path.write_text(PROFILED_CRASH_SUITE, encoding="utf-8")
+    outcome = runner.run_suite(suite_mod.load(path), tmp_path / "out", argv=["bench", "run", str(path)])
+    (record,) = outcome.records
+    # Killed under the profiler, after every trial was measured: the trials stand, the profile is
+    # missing, and the record says so.
+    assert record.status == "ok" and record.error is None
+    assert record.trials is not None and len(record.trials) >= 6
+    assert record.metrics is not None and record.metrics.throughput.median > 0
+    assert record.collectors.torch_profiler is None
+    (warning,) = [w for w in record.warnings if "collectors' work after the last trial failed" in w]
+    assert "SIGKILL" in warning

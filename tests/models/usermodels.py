@@ -29,7 +29,7 @@ class _Tiny(nn.Module):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
         if self.fail == "sleep":
             time.sleep(600)
-        if self.fail == "sigkill":
+        if self.fail == "sigkill" or (self.fail == "sigkill_profiled" and torch.autograd.profiler._is_profiler_enabled):
             os.kill(os.getpid(), signal.SIGKILL)
         out: torch.Tensor = self.net(x)
         return out
@@ -57,6 +57,12 @@ def out_of_memory(num_classes: int = 10) -> nn.Module:
 def killed(num_classes: int = 10) -> nn.Module:
     """Its process dies of SIGKILL in the first forward pass (as under the kernel's OOM killer)."""
     return _Tiny(num_classes, fail="sigkill")
+
+
+def killed_when_profiled(num_classes: int = 10) -> nn.Module:
+    """Trains normally, but its process dies of SIGKILL in a step under torch.profiler: the
+    collectors' extra work after the last trial (as a native crash there would)."""
+    return _Tiny(num_classes, fail="sigkill_profiled")
 
 
 def sleeping(pid_file: str, num_classes: int = 10) -> nn.Module:
