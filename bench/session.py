@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bench import reference
 from bench.collectors import CaseContext, make_collectors
 from bench.measure import calibrate, run_trial, thin
 from bench.suite import CaseParams
@@ -38,8 +39,6 @@ class CompanionReference:
     count. It shares the process's luck with the case, so the trial's ratio of the two cancels it."""
 
     def __init__(self, seconds: float) -> None:
-        from bench import reference
-
         self.params = reference.companion_params()
         self.seconds = seconds
         self.step, _ = build_step(self.params, torch.device("cpu"), self.params.batch_size)
@@ -52,9 +51,7 @@ class CompanionReference:
     def trial(self) -> list[float]:
         """Its windows' throughput, after a few untimed steps: the case's trial has just evicted
         the reference's weights from the caches."""
-        from bench.reference import COMPANION_REWARM_STEPS
-
-        for _ in range(COMPANION_REWARM_STEPS):
+        for _ in range(reference.COMPANION_REWARM_STEPS):
             self.step()
         result = run_trial(self.step, self.steps_per_window, self.params.batch_size, self.seconds,
                            step_times=False, min_windows=self.params.measure.min_windows)
@@ -97,13 +94,8 @@ class CaseSession:
         # This process's own view over all trials (under DDP each rank's, for its rank summary).
         self.local_window_s: list[float] = []
         self.step_ms: list[float] = []
-        # Built after the case's model, so the case's own memory layout is what it would be alone.
+        self.companion_s = companion_s if device.type == "cpu" else None
         self.companion: CompanionReference | None = None
-        if companion_s and device.type == "cpu":
-            try:
-                self.companion = CompanionReference(companion_s)
-            except Exception as exc:  # the reference is an aid: the case is measured without it
-                self.warnings.append(f"machine-speed reference not measured in this process: {describe_error(exc)}")
 
     def compile(self) -> dict[str, Any]:
         """Compile before the warm-up: torch.compile compiles on the model's first call, so one
@@ -131,10 +123,13 @@ class CaseSession:
         compiled = self.compile()
         cal = calibrate(self.step, m.warmup_steps, m.window_time, self.sync, agree=self.agree)
         self.steps_per_window = cal.steps_per_window
-        if self.companion is not None:
+        if self.companion_s:
+            # Built after the case's model and warm-up, so the case's own memory layout is what it
+            # would be alone.
             try:
+                self.companion = CompanionReference(self.companion_s)
                 self.companion.prepare()
-            except Exception as exc:
+            except Exception as exc:  # the reference is an aid: the case is measured without it
                 self.companion = None
                 self.warnings.append(f"machine-speed reference not measured in this process: {describe_error(exc)}")
         return {"status": "ready", "device": str(self.device), "threads": self.threads, "build_s": self.build_s,
