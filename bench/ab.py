@@ -65,7 +65,7 @@ from bench.records import (
     finite,
 )
 from bench.results import ResultsWriter, atomic_write_text, now, prepare_output
-from bench.rounds import CaseState, Worker, case_result, trial_record
+from bench.rounds import CaseState, Worker, case_result, fork_worker, trial_record
 from bench.side_worker import ENV_KEY
 from bench.sides import Side
 from bench.suite import Case, Suite
@@ -134,20 +134,6 @@ class _Silent:
 # --- starting a side's case process ----------------------------------------------------------------
 
 
-def _fork(launcher: CaseLauncher, target: Callable[..., None], *args: Any) -> Worker:
-    """A case process forked from ``launcher``'s server (which has imported torch and bench:
-    ``bench.preload``), serving ``target(conn, payload..., *args)`` over a pipe."""
-    from bench.rounds import process_worker
-
-    parent, child = launcher.ctx.Pipe(duplex=True)
-    proc = launcher.ctx.Process(target=target, args=(child, *args), daemon=False)
-    with userpath.safe_path_environ():
-        proc.start()
-    child.close()
-    launcher.adopt(proc.pid)
-    return process_worker(proc, parent)
-
-
 def _payload(case: Case) -> dict[str, Any]:
     return {"id": case.id, "params": case.params_json(), "out_dir": None}
 
@@ -157,7 +143,7 @@ def fork_side(launcher: CaseLauncher, side: Side, case: Case, log_path: Path) ->
     fallback). For sides under this interpreter."""
     from bench import worker_entry
 
-    return _fork(launcher, worker_entry.serve_side_main, _payload(case), str(log_path.resolve()), str(side.directory))
+    return fork_worker(launcher, worker_entry.serve_side_main, _payload(case), str(log_path.resolve()), str(side.directory))
 
 
 def fork_both(launcher: CaseLauncher, sides: tuple[Side, Side], case: Case, log_path: Path) -> Worker:
@@ -165,7 +151,7 @@ def fork_both(launcher: CaseLauncher, sides: tuple[Side, Side], case: Case, log_
     side's code, in the order of ``sides`` (``bench.session.serve_sides``)."""
     from bench import worker_entry
 
-    return _fork(launcher, worker_entry.serve_both_main, _payload(case), str(log_path.resolve()),
+    return fork_worker(launcher, worker_entry.serve_both_main, _payload(case), str(log_path.resolve()),
                  [(side.label, str(side.directory)) for side in sides])
 
 

@@ -132,13 +132,21 @@ def start_process(launcher: CaseLauncher, case: Case, out_dir: Path | None, log_
     it measures the machine-speed reference that long after each trial (``bench.reference``)."""
     from bench import worker_entry
 
-    parent, child = launcher.ctx.Pipe(duplex=True)
     payload = {"id": case.id, "params": case.params_json(), "out_dir": str(out_dir) if out_dir else None,
                "companion_s": companion_s}
-    proc = launcher.ctx.Process(target=worker_entry.serve_main, args=(child, payload, str(log_path)), daemon=False)
+    return fork_worker(launcher, worker_entry.serve_main, payload, str(log_path))
+
+
+def fork_worker(launcher: CaseLauncher, target: Callable[..., None], *args: Any) -> Worker:
+    """A case process forked from ``launcher``'s server (which has imported torch and bench:
+    ``bench.preload``), serving ``target(conn, *args)`` over a pipe; the launcher remembers the
+    server, so that closing it stops that server (``bench ab`` starts a fresh one per launch)."""
+    parent, child = launcher.ctx.Pipe(duplex=True)
+    proc = launcher.ctx.Process(target=target, args=(child, *args), daemon=False)
     with userpath.safe_path_environ():  # should this start the case server (bench.userpath)
         proc.start()
     child.close()
+    launcher.adopt(proc.pid)
     return process_worker(proc, parent)
 
 
