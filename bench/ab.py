@@ -20,9 +20,10 @@ Wilcoxon interval), so whatever a process might still add widens the interval in
 a verdict.
 
 A case takes launches until they answer (``pairs.answer``: looked at after ``min_launches`` and
-then every ``check_every``) or its budget (``max_launches`` or ``max_time`` seconds) runs out. A case
-flagged as a regression or an improvement is measured again with fresh launches, which must give
-the same answer: one burst of noise cannot fail a build. Across cases the p-values are adjusted
+then every ``check_every``) or its budget runs out: ``max_launches`` per set, and time from the
+run's pool (``Budget``: ``max_time`` seconds per case, what one case leaves going to the ones after
+it). A case flagged as a regression or an improvement is measured again with fresh launches, which
+must give the same answer: one burst of noise cannot fail a build. Across cases the p-values are adjusted
 (Benjamini-Hochberg).
 
 Each side's halves are written as that side's ``results.json`` (each half a trial), after every
@@ -79,7 +80,7 @@ ESTIMATOR = "median of halves; 95% order-statistic interval over halves (bench a
 # more pairs per launch narrow its change; where it does not, more launches do.
 PAIRS_PER_LAUNCH = {"shared": 20, "server": 10, "interpreters": 10}
 DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE, "pairs_per_launch": None,
-                    "min_launches": 8, "check_every": 2, "max_launches": 24, "max_time": 90.0, "half_windows": 2,
+                    "min_launches": 8, "check_every": 2, "max_launches": 24, "max_time": 65.0, "half_windows": 2,
                     "confirm": True}
 REWARM_STEPS = 1
 # Modes whose case is one process; ddp cases are torchrun jobs, which `bench ab` does not pair yet.
@@ -226,6 +227,30 @@ def _log_tail(path: Path) -> str:
 
 
 @dataclass
+class Budget:
+    """The run's measuring time, ``max_time`` seconds per paired case, pooled over its cases.
+
+    Why pooled: a case that answers early (most do) leaves time that a harder one can use, while
+    the run as a whole keeps a predictable length for a CI job (a 2-case suite within 3 minutes
+    here). A case's first set may use its *share*: what is left of the pool divided by the cases
+    left, itself included. A flagged case's confirmation may take as long as its first set was
+    allowed, even past the pool: a budget must not turn a regression into an unconfirmed one. The
+    cases after it then get at least their first look (``min_launches`` launches) and no more."""
+
+    total: float
+    cases: int  # paired cases not yet finished, the current one included
+    used: float = 0.0
+
+    def share(self) -> float:
+        return max(0.0, self.total - self.used) / max(1, self.cases)
+
+    def spend(self, seconds: float) -> None:
+        """A case is finished after ``seconds`` of measuring (start-ups included)."""
+        self.used += seconds
+        self.cases = max(0, self.cases - 1)
+
+
+@dataclass
 class _CaseRun:
     """Both sides of one case while its launches run."""
 
@@ -236,6 +261,7 @@ class _CaseRun:
     origin: float
     orders: list[bool]
     observer: Observer
+    clock: Callable[[], float] = time.monotonic
     log_ratios: list[float] = field(default_factory=list)
     base_first: list[bool] = field(default_factory=list)
     stage_of_pair: list[int] = field(default_factory=list)
@@ -285,18 +311,24 @@ class _CaseRun:
         self.launch_ratios.append(statistics.median(logs))
         self.launch_stage.append(stage_index)
 
-    def stage(self, kind: Literal["initial", "confirmation"]) -> StageRecord:
-        """Launches until they answer or the budget runs out (module docstring)."""
+    def stage(self, kind: Literal["initial", "confirmation"], deadline: float | None = None) -> StageRecord:
+        """Launches until they answer, ``max_launches`` are taken, or the next launch would end after
+        ``deadline`` seconds (the set's share of the run's ``Budget``; ``max_time`` when None)."""
         s = self.settings
+        allowed = s.max_time if deadline is None else deadline
         stage_index = len(self.stages)
         first = len(self.launch_ratios)
         pairs_before = len(self.log_ratios)
-        t0 = time.monotonic()
+        t0 = self.clock()
         while True:
             self.one_launch(stage_index)
             n = len(self.launch_ratios) - first
-            elapsed = time.monotonic() - t0
-            full = n >= s.max_launches or elapsed >= s.max_time
+            elapsed = self.clock() - t0
+            # The launches of a set take about equally long: stop when the next one would end past
+            # the deadline, not after it. Not before the first look, though, unless the case's own
+            # max_time has passed (a launch of a huge model): a set too short to look at says nothing.
+            out_of_time = elapsed * (n + 1) / n > allowed and (n >= s.min_launches or elapsed >= s.max_time)
+            full = n >= s.max_launches or out_of_time
             if n < s.min_launches and not full:
                 self.observer.pair_finished(self.case, kind, n, None)
                 continue
@@ -312,7 +344,7 @@ class _CaseRun:
                     kind=kind, launches=n, pairs=len(self.log_ratios) - pairs_before, answer=found,
                     stop_reason=reason, measured_s=elapsed, ratio=stats.ratio if stats else None,
                     low=stats.low if stats else None, high=stats.high if stats else None,
-                    p=stats.p if stats else None, sd=stats.sd if stats else None)
+                    p=stats.p if stats else None, sd=stats.sd if stats else None, deadline_s=allowed)
                 self.stages.append(record)
                 self.stats.append(stats)
                 return record
@@ -342,6 +374,10 @@ def _verdict(run: _CaseRun) -> dict[str, Any]:
             return {"verdict": "inconclusive", "message": "inconclusive: too few pairs for an interval"}
         needed = pairs.units_needed(first, s.threshold)
         more = f"; about {needed} launches would settle it" if needed else ""
+        if initial.stop_reason == "max_time" and initial.deadline_s is not None:
+            more += f" (this case's {initial.deadline_s:.0f} s ran out: --max-time)"
+        elif initial.stop_reason == "max_launches":
+            more += " (--max-launches)"
         found = _fields(first, "inconclusive", (
             f"inconclusive: {first.describe()} is neither within {limit} nor beyond it; these launches could "
             f"flag a change of {pairs.detectable(first, s.threshold):.1%} or more{more}"))
@@ -415,8 +451,11 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
     ``separate``: a process per side in every launch even where one could hold both."""
     obs: Observer = observer or _Silent()
     start = ("server" if separate else "shared") if forkable(base) and forkable(new) else "interpreters"
+    paired = sum(case.params.mode in SINGLE_PROCESS for case in suite.cases)
+    budget = Budget(settings.max_time * paired, paired)
     settings = settings.model_copy(update={
-        "start": start, "pairs_per_launch": settings.pairs_per_launch or PAIRS_PER_LAUNCH[start]})
+        "start": start, "pairs_per_launch": settings.pairs_per_launch or PAIRS_PER_LAUNCH[start],
+        "budget_s": budget.total})
     prepare_output(out_dir)
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -449,7 +488,7 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
     try:
         for index, case in enumerate(suite.cases):
             obs.case_started(case, index, len(suite.cases))
-            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs, shared)
+            record, side_records = _run_case(case, index, base, new, out_dir, settings, obs, budget, shared)
             for label, case_record in side_records.items():
                 writers[label].put(case_record)
             doc.cases.append(record)
@@ -483,7 +522,8 @@ def forkable(side: Side) -> bool:
 
 
 def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, settings: ABSettings,
-              obs: Observer, shared: CaseLauncher | None = None) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
+              obs: Observer, budget: Budget, shared: CaseLauncher | None = None,
+              ) -> tuple[ABCaseRecord, dict[str, CaseRecord]]:
     from bench.runner import CaseLauncher, _case_record
 
     params = Params.model_validate(case.params_json())
@@ -578,13 +618,15 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
             raise
         return workers, end
 
+    deadline = budget.share()
+    began = time.monotonic()
     try:
         origin = time.perf_counter()
         orders = pairs.pair_orders(4 * settings.max_launches * (settings.pairs_per_launch or 1) + 2,
                                    settings.order_seed + index)
         run = _CaseRun(case, settings, launch, states, origin, orders, obs)
         try:
-            first = run.stage("initial")
+            first = run.stage("initial", deadline)
         except _SideFailed as exc:
             if start != "shared" or run.launch_ratios or exc.answer.get("status") != "failed":
                 raise
@@ -597,11 +639,13 @@ def _run_case(case: Case, index: int, base: Side, new: Side, out_dir: Path, sett
                 state.log_path, state.ready, state.last_ready = side_logs[label], {}, {}
             run.stages.clear()
             run.stats.clear()
-            first = run.stage("initial")
+            first = run.stage("initial", deadline)
         if first.answer in ("regression", "improvement") and settings.confirm:
-            run.stage("confirmation")
+            run.stage("confirmation", deadline)  # as long as the first set was allowed (``Budget``)
     except _SideFailed as exc:
         failure = (exc.side, exc.answer)
+    finally:
+        budget.spend(time.monotonic() - began)
     side_records: dict[str, CaseRecord] = {}
     for label, state in states.items():
         state.stop_reason = "pairs"

@@ -576,8 +576,11 @@ class StageRecord(Record):
     high: Positive | None = None
     p: float | None = Field(default=None, ge=0, le=1, description="Wilcoxon signed-rank test of no change.")
     sd: NonNeg | None = Field(default=None, description="Standard deviation of one launch's log ratio.")
-    stop_reason: Literal["answer", "max_launches", "max_time"]
+    stop_reason: Literal["answer", "max_launches", "max_time"] = Field(description=(
+        "`max_time`: the next launch would have ended after `deadline_s`."))
     measured_s: NonNeg = Field(description="Seconds both sides were measured in this set.")
+    deadline_s: NonNeg | None = Field(default=None, description=(
+        "Seconds this set was allowed: its share of the run's budget (absent in older files)."))
 
 
 ABVerdict = Literal["unchanged", "regression", "improvement", "inconclusive", "failed", "skipped"]
@@ -626,7 +629,12 @@ class ABSettings(Record):
     min_launches: int = Field(ge=2, description="Launches before the first look.")
     check_every: int = Field(ge=1, description="Launches between looks.")
     max_launches: int = Field(ge=2, description="Per set (the first, and a confirmation).")
-    max_time: Positive = Field(description="Seconds per set, start-ups included.")
+    max_time: Positive = Field(description=(
+        "Seconds of measuring per paired case, start-ups included, pooled over the run (`budget_s`); in files "
+        "without `budget_s` (before 2026-12-02's pooled budget), seconds per case and set."))
+    budget_s: Positive | None = Field(default=None, description=(
+        "The run's measuring time: `max_time` times the cases paired. A case's first set may use what is left "
+        "of it divided by the cases left; a confirmation as long as its first set was allowed."))
     half_windows: int = Field(ge=1, description="Windows in each half of a pair.")
     confirm: bool
     order_seed: int

@@ -77,7 +77,9 @@ def one_run(root: Path, condition: str, index: int, extra: list[str]) -> dict[st
     for case in doc["cases"]:
         found[case["id"]] = {"verdict": case["verdict"], "ratio": case.get("ratio"), "low": case.get("low"),
                              "high": case.get("high"), "pairs": case["pairs"],
-                             "stages": [(s["answer"], s["pairs"]) for s in case["stages"]]}
+                             "stages": [{"answer": s["answer"], "launches": s["launches"], "pairs": s["pairs"],
+                                         "stop": s["stop_reason"], "seconds": round(s["measured_s"], 1)}
+                                        for s in case["stages"]]}
     return found
 
 

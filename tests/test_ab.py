@@ -136,7 +136,9 @@ class ScriptedSide:
 
 
 def scripted_run(base: Callable[[int], float], new: Callable[[int], float], process_sd: float = 0.0,
-                 **settings: Any) -> ab._CaseRun:
+                 launch_seconds: float = 0.0, **settings: Any) -> ab._CaseRun:
+    """A case whose sides answer from scripted throughputs; with ``launch_seconds``, a clock that
+    moves that much for every launch (the stages' deadlines read it)."""
     params = CaseParams.model_validate({"model": "mlp"})
     case = Case(id="c", params=params)
     chosen = ab.settings_from(5, **{"max_time": 1e9, **settings})
@@ -144,13 +146,17 @@ def scripted_run(base: Callable[[int], float], new: Callable[[int], float], proc
     counters = {"base": [0], "new": [0]}
     rng = np.random.default_rng(99)
 
+    clock = [0.0]
+
     def launch() -> tuple[dict[str, Any], Callable[[], None]]:
+        clock[0] += launch_seconds
         factors = np.exp(rng.normal(0, process_sd, 2)) if process_sd else (1.0, 1.0)
         workers = {"base": ScriptedSide(base, counters["base"], float(factors[0])),
                    "new": ScriptedSide(new, counters["new"], float(factors[1]))}
         return workers, lambda: None
 
-    return ab._CaseRun(case, chosen, launch, states, 0.0, pairs.pair_orders(1000, 5), ab._Silent())
+    return ab._CaseRun(case, chosen, launch, states, 0.0, pairs.pair_orders(1000, 5), ab._Silent(),
+                       clock=lambda: clock[0])
 
 
 def noisy(factor: float, sd: float, seed: int, burst: tuple[int, int, float] | None = None) -> Callable[[int], float]:
@@ -231,6 +237,41 @@ def test_launches_that_run_out_of_budget_are_inconclusive_and_say_what_they_coul
     assert "could flag a change of" in found["message"]
 
 
+def test_a_set_stops_before_a_launch_that_would_end_past_its_deadline() -> None:
+    # Launches of 10 s, a deadline of 55 s: after 5 launches (50 s) a sixth would end at 60 s.
+    run = scripted_run(noisy(1.0, 0.3, 9), noisy(0.97, 0.3, 10), launch_seconds=10.0, min_launches=3,
+                       max_launches=24, max_time=1e9)
+    record = run.stage("initial", deadline=55.0)
+    assert (record.launches, record.stop_reason, record.answer) == (5, "max_time", None)
+    assert record.deadline_s == 55.0 and record.measured_s == 50.0
+    found = ab._verdict(run)
+    assert found["verdict"] == "inconclusive" and "this case's 55 s ran out: --max-time" in found["message"]
+
+
+def test_a_short_deadline_still_lets_a_set_reach_its_first_look() -> None:
+    # The pool is nearly spent (a deadline of 5 s), but a set that stops before it can look says
+    # nothing: it takes min_launches launches, unless the case's own max_time has passed.
+    run = scripted_run(noisy(1.0, 0.3, 9), noisy(0.97, 0.3, 10), launch_seconds=10.0, min_launches=4,
+                       max_time=1e9)
+    assert run.stage("initial", deadline=5.0).launches == 4
+    run = scripted_run(noisy(1.0, 0.3, 9), noisy(0.97, 0.3, 10), launch_seconds=10.0, min_launches=4, max_time=25.0)
+    assert run.stage("initial", deadline=5.0).launches == 3
+
+
+def test_the_run_budget_gives_each_case_its_share_of_what_is_left() -> None:
+    budget = ab.Budget(total=130.0, cases=2)
+    assert budget.share() == 65.0
+    budget.spend(40.0)  # the first case answered early: the second may use what it left
+    assert budget.share() == 90.0
+    budget = ab.Budget(total=195.0, cases=3)
+    budget.spend(115.0)  # a flagged case and its confirmation took more than their share
+    assert budget.share() == 40.0
+    budget.spend(60.0)
+    assert budget.share() == 20.0
+    budget.spend(30.0)  # the last case's first look took longer than the pool had left
+    assert budget.share() == 0.0 and budget.cases == 0
+
+
 def test_a_flag_that_does_not_survive_the_correction_across_cases_becomes_inconclusive() -> None:
     params = CaseParams.model_validate({"model": "mlp"})
     params = Case(id="c", params=params).params_json()
@@ -298,6 +339,9 @@ def test_ab_runs_each_side_from_its_own_directory_and_writes_both_results(tmp_pa
     # A model 24 times deeper is far slower: no amount of noise on this machine hides that.
     assert case.verdict == "regression" and result.returncode == 1
     assert case.ratio is not None and case.ratio < 0.5
+    # One case: the whole pool (--max-time 60) is its share; its confirmation may take as long again.
+    assert doc.settings.budget_s == 60.0
+    assert [s.deadline_s for s in case.stages] == [60.0] * len(case.stages) and len(case.stages) == 2
     assert len(case.log_ratios) == len(case.base_first) == len(case.launch_of_pair) == len(case.stage_of_pair)
     assert len(case.launch_ratios) == case.launches == sum(s.launches for s in case.stages)
     for label in ("base", "new"):
