@@ -83,6 +83,10 @@ DEFAULT_SETTINGS = {"threshold": pairs.THRESHOLD, "confidence": pairs.CONFIDENCE
                     "min_launches": 8, "check_every": 2, "max_launches": 24, "max_time": 65.0, "half_windows": 2,
                     "confirm": True}
 REWARM_STEPS = 1
+# A set whose time runs out while its estimate lies beyond the threshold (a suspected change it
+# cannot yet call) may go on this many times its deadline: missing a regression costs a user more
+# than the seconds, and same-code cases, whose estimates stay within the threshold, never use it.
+SUSPECT_EXTENSION = 1.5
 # Modes whose case is one process; ddp cases are torchrun jobs, which `bench ab` does not pair yet.
 SINGLE_PROCESS = ("cpu", "cuda", "dp")
 
@@ -313,12 +317,14 @@ class _CaseRun:
 
     def stage(self, kind: Literal["initial", "confirmation"], deadline: float | None = None) -> StageRecord:
         """Launches until they answer, ``max_launches`` are taken, or the next launch would end after
-        ``deadline`` seconds (the set's share of the run's ``Budget``; ``max_time`` when None)."""
+        ``deadline`` seconds (the set's share of the run's ``Budget``; ``max_time`` when None), or
+        ``SUSPECT_EXTENSION`` times that while its estimate lies beyond the threshold."""
         s = self.settings
         allowed = s.max_time if deadline is None else deadline
         stage_index = len(self.stages)
         first = len(self.launch_ratios)
         pairs_before = len(self.log_ratios)
+        extended = False
         t0 = self.clock()
         while True:
             self.one_launch(stage_index)
@@ -327,7 +333,8 @@ class _CaseRun:
             # The launches of a set take about equally long: stop when the next one would end past
             # the deadline, not after it. Not before the first look, though, unless the case's own
             # max_time has passed (a launch of a huge model): a set too short to look at says nothing.
-            out_of_time = elapsed * (n + 1) / n > allowed and (n >= s.min_launches or elapsed >= s.max_time)
+            next_end = elapsed * (n + 1) / n
+            out_of_time = next_end > allowed and (n >= s.min_launches or elapsed >= s.max_time)
             full = n >= s.max_launches or out_of_time
             if n < s.min_launches and not full:
                 self.observer.pair_finished(self.case, kind, n, None)
@@ -337,6 +344,10 @@ class _CaseRun:
             stats = pairs.analyse(self.launch_ratios[first:], s.confidence, unit=self.unit)
             found = pairs.answer(stats, s.threshold) if stats is not None else None
             self.observer.pair_finished(self.case, kind, n, stats)
+            suspect = found is None and stats is not None and abs(math.log(stats.ratio)) > math.log1p(s.threshold)
+            if suspect and out_of_time and n < s.max_launches and next_end <= allowed * SUSPECT_EXTENSION:
+                extended = True
+                continue  # a suspected change (SUSPECT_EXTENSION): on, with a look after every launch
             if found is not None or full:
                 reason: Literal["answer", "max_launches", "max_time"] = (
                     "answer" if found is not None else "max_launches" if n >= s.max_launches else "max_time")
@@ -344,7 +355,8 @@ class _CaseRun:
                     kind=kind, launches=n, pairs=len(self.log_ratios) - pairs_before, answer=found,
                     stop_reason=reason, measured_s=elapsed, ratio=stats.ratio if stats else None,
                     low=stats.low if stats else None, high=stats.high if stats else None,
-                    p=stats.p if stats else None, sd=stats.sd if stats else None, deadline_s=allowed)
+                    p=stats.p if stats else None, sd=stats.sd if stats else None,
+                    deadline_s=allowed * SUSPECT_EXTENSION if extended else allowed, extended=extended)
                 self.stages.append(record)
                 self.stats.append(stats)
                 return record
@@ -375,7 +387,8 @@ def _verdict(run: _CaseRun) -> dict[str, Any]:
         needed = pairs.units_needed(first, s.threshold)
         more = f"; about {needed} launches would settle it" if needed else ""
         if initial.stop_reason == "max_time" and initial.deadline_s is not None:
-            more += f" (this case's {initial.deadline_s:.0f} s ran out: --max-time)"
+            more += (f" (this case's {initial.deadline_s:.0f} s ran out, extended for a suspected change: --max-time)"
+                     if initial.extended else f" (this case's {initial.deadline_s:.0f} s ran out: --max-time)")
         elif initial.stop_reason == "max_launches":
             more += " (--max-launches)"
         found = _fields(first, "inconclusive", (

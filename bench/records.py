@@ -580,7 +580,11 @@ class StageRecord(Record):
         "`max_time`: the next launch would have ended after `deadline_s`."))
     measured_s: NonNeg = Field(description="Seconds both sides were measured in this set.")
     deadline_s: NonNeg | None = Field(default=None, description=(
-        "Seconds this set was allowed: its share of the run's budget (absent in older files)."))
+        "Seconds this set was allowed: its share of the run's budget, times 1.5 when `extended` (absent in older "
+        "files)."))
+    extended: bool = Field(default=False, description=(
+        "The set's time ran out while its estimate lay beyond the threshold, and it went on (up to 1.5 times its "
+        "share) rather than leave a suspected change undecided."))
 
 
 ABVerdict = Literal["unchanged", "regression", "improvement", "inconclusive", "failed", "skipped"]

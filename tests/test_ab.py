@@ -237,15 +237,32 @@ def test_launches_that_run_out_of_budget_are_inconclusive_and_say_what_they_coul
     assert "could flag a change of" in found["message"]
 
 
+def swinging(effect: float) -> Callable[[int], float]:
+    """A new side ``effect`` (log) from the base on average, 5% above it in one launch and 5% below
+    it in the next (10 halves a launch): an estimate of ``effect`` that a few launches cannot settle."""
+    return lambda i: 1000 * math.exp(effect + (0.05 if (i // 10) % 2 else -0.05))
+
+
 def test_a_set_stops_before_a_launch_that_would_end_past_its_deadline() -> None:
     # Launches of 10 s, a deadline of 55 s: after 5 launches (50 s) a sixth would end at 60 s.
-    run = scripted_run(noisy(1.0, 0.3, 9), noisy(0.97, 0.3, 10), launch_seconds=10.0, min_launches=3,
-                       max_launches=24, max_time=1e9)
+    run = scripted_run(lambda i: 1000.0, swinging(0.0), launch_seconds=10.0, min_launches=3, max_launches=24,
+                       max_time=1e9)
     record = run.stage("initial", deadline=55.0)
-    assert (record.launches, record.stop_reason, record.answer) == (5, "max_time", None)
+    assert (record.launches, record.stop_reason, record.answer, record.extended) == (5, "max_time", None, False)
     assert record.deadline_s == 55.0 and record.measured_s == 50.0
     found = ab._verdict(run)
     assert found["verdict"] == "inconclusive" and "this case's 55 s ran out: --max-time" in found["message"]
+
+
+def test_a_suspected_change_may_go_on_past_its_deadline_but_not_without_end() -> None:
+    # The same swings about a 3% slowdown: undecided at the deadline, with its estimate beyond the
+    # 2% threshold. It goes on up to 1.5 times its deadline (82.5 s: a 9th launch would end at 90).
+    run = scripted_run(lambda i: 1000.0, swinging(-0.03), launch_seconds=10.0, min_launches=3, max_launches=24,
+                       max_time=1e9)
+    record = run.stage("initial", deadline=55.0)
+    assert (record.launches, record.stop_reason, record.answer, record.extended) == (8, "max_time", None, True)
+    assert record.deadline_s == 82.5
+    assert "extended for a suspected change" in ab._verdict(run)["message"]
 
 
 def test_a_short_deadline_still_lets_a_set_reach_its_first_look() -> None:
