@@ -459,6 +459,9 @@ def _run_group(group: list[CaseState], launcher: CaseLauncher, out_dir: Path, cl
             break
     if ref is not None:
         rounds_mod.stop_workers(ref)
+        # Its log matters when it says something (a warning, a traceback); an empty one is clutter.
+        if ref.log_path.exists() and ref.log_path.stat().st_size == 0:
+            ref.log_path.unlink()
     for state in live:
         if state.closed:
             continue

@@ -1,12 +1,14 @@
 """Does `bench history` cry wolf on this machine? Runs of unchanged code, then a planted step.
 
-    python benchmarks/history_drift.py [--same 6] [--changed 3] [--max-time 4]
+    python benchmarks/history_drift.py [--same 6] [--changed 3] [--max-time 4] [--repeats 1]
 
 In a temporary git repository: a suite of two cases (a user model, a stack of 256-wide linear
 blocks, and the built-in ``mlp``); ``--same`` runs of one commit, one after another, then a commit
 that gives the user model 10% more blocks (40 -> 44) and ``--changed`` runs of it. Then `bench
 history --json` over all the runs. Goal: no change point among the runs of the first commit, the
-planted step found at the first run of the second commit in the user case only.
+planted step found at the first run of the second commit in the user case only. ``--repeats N``
+gives every case N processes per run (the suite's ``repeats``), so that a run's figure is not one
+process's luck.
 
 Prints JSON: the change points found (relative throughput, as `bench history` uses: on CPU cases
 over the reference measured in each case's own process, ``bench.reference``), the raw
@@ -34,6 +36,7 @@ defaults:
   batch_size: 64
   optimizer: sgd
   data: synthetic
+  repeats: {repeats}
   measure: {{warmup_steps: 10, min_time: 1.0, max_time: {max_time}, target_ci: 0.001}}
 matrix:
   model:
@@ -78,13 +81,14 @@ def main() -> None:
     parser.add_argument("--same", type=int, default=6)
     parser.add_argument("--changed", type=int, default=3)
     parser.add_argument("--max-time", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=1, help="processes per case in every run")
     args = parser.parse_args()
     from bench.history import find_change_points, load_history
 
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         repo = Path(tmp) / "repo"
         repo.mkdir()
-        (repo / "suite.yaml").write_text(SUITE.format(max_time=args.max_time), encoding="utf-8")
+        (repo / "suite.yaml").write_text(SUITE.format(max_time=args.max_time, repeats=args.repeats), encoding="utf-8")
         (repo / "histmodel.py").write_text(MODEL.format(blocks=40), encoding="utf-8")
         git(repo, "init", "-q")
         git(repo, "add", ".")

@@ -15,6 +15,7 @@ from test_report_synthetic import make_doc, write_doc
 from bench import console
 from bench.records import dump
 from bench.report import build_views, render
+from bench.report.anatomy import mib
 from bench.report.model import Bullets, FigureBlock, Section, Switcher, Table, View
 from bench.results import Run, load_run, validate_doc
 from bench.scaling import analyze
@@ -315,3 +316,7 @@ def test_a_case_with_only_a_memory_breakdown_gets_a_memory_only_line(run: Run) -
     case.collectors.anatomy = None
     assert console.anatomy_lines([case]) == [
         f"{case.id}  anatomy: mem 12.5 MiB params, 12.5 MiB grads, 25 MiB opt, 40 MiB act, 2.5 MiB other"]
+
+
+def test_memory_in_words_keeps_three_digits_and_bounds_a_few_bytes() -> None:
+    assert [mib(v) for v in (1234.5, 12.345, 0.5, 0.00187, 0.0)] == ["1,234", "12.3", "0.5", "<0.01", "0"]

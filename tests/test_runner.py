@@ -120,6 +120,8 @@ def test_cases_take_turns_in_randomized_rounds_that_the_results_record(runner_ru
     assert len({tuple(order) for order in rounds["orders"]}) > 1
     reference = rounds["reference"]
     assert reference["error"] is None
+    # The reference process said nothing: no empty log left beside the cases'.
+    assert not (runner_run.outcome.out_dir / "logs" / "reference.log").exists()
     assert [t["round"] for t in reference["trials"]] == list(range(rounds["completed"]))
     for record in runner_run.outcome.records:
         if record.status != "ok":

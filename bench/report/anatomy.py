@@ -116,7 +116,10 @@ def memory_parts(c: MemoryCategories) -> list[MemoryPart]:
 
 
 def mib(value: float) -> str:
-    """MiB in a sentence: three significant digits, and no exponent for large values."""
+    """MiB in a sentence: three significant digits, no exponent for large values, and a bound for
+    a few bytes (``0.00187 MiB`` of "other" reads as a measurement error, not as nothing)."""
+    if 0 < value < 0.01:
+        return "<0.01"
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
