@@ -79,8 +79,10 @@ for c in doc["cases"]:
 PY
 fi
 done
-# bench ab on the GPU: the same code on both sides (an A/A), paired halves on CUDA; a short budget.
-python3 -m bench aa suites/gpu-smoke.yaml --only cuda --out "$out-aa" --min-pairs 10 --max-time 4 --quiet
+# bench ab on the GPU: the same code on both sides (an A/A), paired halves on CUDA; a short budget
+# (3-4 launches of 5 pairs, at most 30 s).
+python3 -m bench aa suites/gpu-smoke.yaml --only cuda --out "$out-aa" --pairs-per-launch 5 --min-launches 3 \
+  --max-launches 4 --max-time 30 --quiet
 echo "bench aa exit: $?"
 [ -f "$out-aa/ab.json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print('aa', c['id'], c['verdict'], c['pairs'], c['message']) for c in d['cases']]" "$out-aa/ab.json"
 python3 -m pytest -q -m cuda -p no:cacheprovider tests

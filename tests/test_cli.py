@@ -168,3 +168,17 @@ def test_python_dash_m_bench_and_the_console_script_agree() -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout.split()) == (0, SMOKE_IDS)
     assert os.access(script, os.X_OK)
+
+
+def test_every_bench_command_of_the_gpu_smoke_script_is_one_the_cli_accepts() -> None:
+    # The script runs only where a GPU is lent (rarely): an option renamed here must not first
+    # fail there, costing the lent machine's minutes.
+    import shlex
+
+    script = (ROOT / "scripts" / "gpu-smoke.sh").read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = [shlex.split(line.strip())[3:] for line in script.splitlines()
+                if line.strip().startswith("python3 -m bench ")]
+    assert len(commands) >= 3
+    for argv in commands:
+        args = build_parser().parse_args(argv)  # argparse exits (status 2) on an unknown option
+        assert callable(args.func), argv
