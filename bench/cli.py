@@ -178,8 +178,8 @@ def _ab_args(p: argparse.ArgumentParser) -> None:
                    help="launches per case and set before 'inconclusive' (default 24)")
     p.add_argument("--max-time", type=float, metavar="S",
                    help="seconds of measuring per case, start-ups included, pooled over the run: a case may use "
-                        "what is left divided by the cases left, a confirmation as long as its first set; then "
-                        "'inconclusive' (default 65)")
+                        "what is left divided by the cases left, a confirmation as long as its first set, a suspected "
+                        "change 1.5 times that; then 'inconclusive' (default 65)")
     p.add_argument("--no-confirm", action="store_true", help="do not confirm a flagged case with fresh pairs")
     p.add_argument("--half-windows", type=int, metavar="N",
                    help="timing windows (of measure.window_time each) in each half of a pair; a half's value is "
