@@ -235,8 +235,8 @@ class Budget:
     """The run's measuring time, ``max_time`` seconds per paired case, pooled over its cases.
 
     Why pooled: a case that answers early (most do) leaves time that a harder one can use, while
-    the run as a whole keeps a predictable length for a CI job (a 2-case suite within 3 minutes
-    here). A case's first set may use its *share*: what is left of the pool divided by the cases
+    the run as a whole keeps a predictable length for a CI job (a 2-case suite took 2-3 minutes
+    here, README *What it detects here*). A case's first set may use its *share*: what is left of the pool divided by the cases
     left, itself included. A flagged case's confirmation may take as long as its first set was
     allowed, even past the pool: a budget must not turn a regression into an unconfirmed one. The
     cases after it then get at least their first look (``min_launches`` launches) and no more."""
@@ -468,7 +468,7 @@ def run_ab(suite: Suite, base: Side, new: Side, out_dir: Path, settings: ABSetti
     budget = Budget(settings.max_time * paired, paired)
     settings = settings.model_copy(update={
         "start": start, "pairs_per_launch": settings.pairs_per_launch or PAIRS_PER_LAUNCH[start],
-        "budget_s": budget.total})
+        "budget_s": budget.total or None})  # None: no case to pair (all skipped)
     prepare_output(out_dir)
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
